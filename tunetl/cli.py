@@ -1,0 +1,157 @@
+"""`tunetl` command line: a thin argparse layer over `tunetl.api`.
+
+Heavy libraries (torch, ray, mlflow) are imported inside the commands, so `tunetl --help` is instant.
+Exit status: 0 on success, 2 on invalid input, 1 when no trial succeeded or a service is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_INVALID, EXIT_FAILED = 2, 1
+
+
+def _add_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="tunetl",
+        description="Search how to fine-tune a pretrained image classifier on a small dataset.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a search from an experiment YAML")
+    p.add_argument("experiment", help="experiment YAML (e.g. experiments/quickstart.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, dotted, YAML-typed (repeatable): --set training.epochs=3")
+    p.add_argument("--name", help="MLflow experiment name (default: the YAML's name)")
+    p.add_argument("--address", help="Ray cluster address: auto or HOST:PORT (default: $RAY_ADDRESS or local)")
+    _add_uri(p)
+    p.add_argument("--storage", help="where Ray keeps checkpoints and the source cache (default: ./tunetl_runs)")
+    p.add_argument("--resume", action="store_true", help="finish the latest unfinished search of this experiment")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("best", help="best configurations recorded in MLflow")
+    p.add_argument("--experiment", required=True, action="append", help="MLflow experiment name (repeatable)")
+    _add_uri(p)
+    p.add_argument("--metric", default="val_acc", help="metric to rank by: val_acc (final) or best_val_acc")
+    p.add_argument("--top", type=int, default=5, help="configurations to show (per group)")
+    p.add_argument("--group-by", action="append", default=[], help="e.g. images_per_label (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("export", help="write every trial of an experiment to Parquet")
+    p.add_argument("--experiment", required=True, action="append")
+    p.add_argument("--out", required=True, help="FILE.parquet")
+    _add_uri(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backbones", help="list the backbones and their stages")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+    return ap
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    summary = api.run(
+        args.experiment,
+        overrides=args.overrides,
+        name=args.name,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        resume=args.resume,
+        num_cpus=args.num_cpus,
+    )
+    print()
+    print(f"{summary.num_trials} trial(s), {summary.num_failed} failed, {summary.seconds:.0f} s; "
+          f"MLflow experiment {summary.experiment!r}, parent run {summary.parent_run_id}")
+    print(_best_text(summary.best))
+    print(f"\nNext: tunetl best --experiment {summary.experiment} --group-by images_per_label")
+    print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")
+    return 0 if summary.ok else EXIT_FAILED
+
+
+def _best_text(frame) -> str:  # type: ignore[no-untyped-def]
+    from tunetl import api
+
+    if frame.empty:
+        return "No trial finished."
+    keep = [c for c in frame.columns if not c.startswith(("backbone", "dataset"))]
+    return "Best configurations (accuracy in %, mean over seeds):\n" + api.format_table(frame, keep)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    frame = api.best(args.experiment, args.tracking_uri, metric=args.metric, top=args.top,
+                     group_by=args.group_by or None)
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        print(_best_text(frame))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    path = api.export(args.experiment, args.out, args.tracking_uri)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from tunetl.models import list_backbones
+
+    table = list_backbones()
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        for name, stages in table.items():
+            print(f"{name:20s} {len(stages)} stages: {', '.join(stages)}")
+    return 0
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from tunetl.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError]
+    try:
+        from tunetl.tracking import TrackingError, TrackingUnavailable
+
+        errors += [TrackingError, TrackingUnavailable]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _known_errors() as err:
+        from tunetl.config import ConfigError
+
+        print(f"tunetl: error: {err}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(err, ConfigError) else EXIT_FAILED
+    except FileNotFoundError as err:
+        print(f"tunetl: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("tunetl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,94 @@
+"""One epoch of training and evaluation in plain PyTorch (no Ray, no MLflow).
+
+The frozen prefix runs under `torch.no_grad()` and the trainable suffix with autograd, so that a caller
+can replace the prefix by cached activations (`start_stage`). Losses and hits are summed on the device
+and read once per epoch: no host sync per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tunetl.models import StagedModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    acc: float
+    samples: int
+
+
+class _Accumulator:
+    """Sums loss and hits on the device; `.result()` is the epoch's only host sync."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | None = None
+        self.hits: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        hits = (logits.argmax(dim=1) == y).sum()
+        self.loss = loss_sum.detach() if self.loss is None else self.loss + loss_sum.detach()
+        self.hits = hits if self.hits is None else self.hits + hits
+        self.count += int(y.shape[0])
+
+    def result(self) -> EpochStats:
+        if self.count == 0 or self.loss is None or self.hits is None:
+            return EpochStats(loss=float("nan"), acc=float("nan"), samples=0)
+        return EpochStats(
+            loss=float(self.loss.item()) / self.count,
+            acc=float(self.hits.item()) / self.count,
+            samples=self.count,
+        )
+
+
+def forward_split(model: StagedModel, x: torch.Tensor, start_stage: int, frozen_prefix: int) -> torch.Tensor:
+    """Logits from activations entering `start_stage`; stages before `frozen_prefix` run without autograd."""
+    if start_stage < frozen_prefix:
+        with torch.no_grad():
+            x = model.forward_stages(x, start_stage, frozen_prefix)
+        start_stage = frozen_prefix
+    x = model.forward_stages(x, start_stage, len(model.stages))
+    return model.head(model.neck(x))
+
+
+def train_one_epoch(
+    model: StagedModel,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    frozen_prefix: int = 0,
+    start_stage: int = 0,
+) -> EpochStats:
+    """Train over `batches` of ready inputs (already on the device, preprocessed and augmented)."""
+    model.train()
+    acc = _Accumulator()
+    for x, y in batches:
+        logits = forward_split(model, x, start_stage, frozen_prefix)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        (loss_sum / y.shape[0]).backward()
+        optimizer.step()
+        acc.add(logits, y, loss_sum)
+    return acc.result()
+
+
+@torch.no_grad()
+def evaluate(model: StagedModel | nn.Module, batches: Iterable[Batch], *, start_stage: int = 0) -> EpochStats:
+    model.eval()
+    acc = _Accumulator()
+    for x, y in batches:
+        if isinstance(model, StagedModel):
+            logits = forward_split(model, x, start_stage, start_stage)
+        else:
+            logits = model(x)
+        acc.add(logits, y, F.cross_entropy(logits, y, reduction="sum"))
+    return acc.result()

@@ -1,0 +1,213 @@
+"""Run a validated experiment on Ray Tune: scheduler, searcher, resources, storage and resume.
+
+The driver loads the target data and the source weights once and hands them to every trial through
+`tune.with_parameters` (Ray's object store), so a search moves its data to each node once, not once
+per trial. A Tune callback closes each trial's MLflow run on the driver, because a trial that ASHA
+stops never runs code after its last report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunetl.config import ExperimentConfig
+from tunetl.data import TaskData
+from tunetl.search.space import SearchSpace
+from tunetl.search.trainable import TrialRecorder, run_trial
+from tunetl.search.tune_space import grid_param_space, optuna_define_by_run
+
+STATE_FILE = "tunetl_search.json"
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or resume; the message says what to do."""
+
+
+@dataclass
+class SearchOutcome:
+    path: Path
+    num_trials: int
+    num_errors: int
+    num_terminated: int
+    seconds: float
+
+
+def default_storage() -> Path:
+    return (Path.cwd() / "tunetl_runs").resolve()
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS) when given; otherwise start Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+
+def _finalizer(recorder: TrialRecorder, epochs: int) -> Any:
+    from ray import tune
+
+    class MlflowFinalizer(tune.Callback):
+        """Closes child runs the trial itself could not close: stopped by ASHA, or failed."""
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            res = trial.last_result or {}
+            run_id = res.get("mlflow_run_id") or recorder.find_run(trial.trial_id)
+            if not run_id:
+                return
+            stopped = int(res.get("epoch", 0)) < epochs and not res.get("diverged", False)
+            tags = {"tunetl.diverged": "true"} if res.get("diverged") else None
+            recorder.finish(
+                run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"), stopped_early=stopped, tags=tags
+            )
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            res = trial.last_result or {}
+            run_id = res.get("mlflow_run_id") or recorder.find_run(trial.trial_id)
+            if run_id:
+                recorder.finish(run_id, status="FAILED", best_val_acc=res.get("best_val_acc"), stopped_early=False)
+
+    return MlflowFinalizer()
+
+
+def _reporter(experiment: ExperimentConfig) -> Any:
+    from ray import tune
+
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
+        parameter_columns={"_point": "point", "seed": "seed"},
+        max_report_frequency=10,
+        sort_by_metric=True,
+        metric="best_val_acc",
+        mode="max",
+    )
+
+
+def build_tuner(
+    experiment: ExperimentConfig,
+    space: SearchSpace,
+    *,
+    task: TaskData,
+    source_state: Any,
+    source: str,
+    features: dict[str, float],
+    recorder: TrialRecorder | None,
+    storage: Path,
+    run_name: str,
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = tune.with_parameters(
+        run_trial,
+        experiment=experiment,
+        space=space,
+        task=task,
+        source_state=source_state,
+        source=source,
+        features=features,
+        recorder=recorder,
+    )
+    res = experiment.resources
+    trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
+    epochs = experiment.training.epochs
+    if experiment.scheduler.type == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=min(experiment.scheduler.grace_period, epochs),
+            reduction_factor=experiment.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    seeds = experiment.seeds
+    if experiment.searcher.type == "optuna":
+        import optuna
+
+        searcher: Any = OptunaSearch(
+            space=optuna_define_by_run(space),
+            sampler=optuna.samplers.TPESampler(seed=experiment.searcher.seed),
+            metric="best_val_acc",
+            mode="max",
+        )
+        if len(seeds) > 1:
+            searcher = Repeater(searcher, repeat=len(seeds), set_index=True)
+        param_space: dict[str, Any] = {}
+        num_samples = experiment.searcher.num_samples * len(seeds)
+    else:
+        searcher = None
+        param_space = grid_param_space(space, seeds)
+        num_samples = experiment.searcher.num_samples
+    callbacks = [_finalizer(recorder, epochs)] if recorder is not None else []
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric="best_val_acc",
+            mode="max",
+            scheduler=scheduler,
+            search_alg=searcher,
+            num_samples=num_samples,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            progress_reporter=_reporter(experiment),
+            callbacks=callbacks,
+            verbose=1,
+        ),
+    )
+
+
+def write_state(path: Path, body: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / STATE_FILE).write_text(json.dumps(body, indent=2))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def latest_run_dir(storage: Path, experiment_name: str) -> Path | None:
+    """The newest search folder of this experiment under `storage` (for `--resume`)."""
+    runs = sorted(storage.glob(f"{experiment_name}_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
+def fit(tuner: Any, started: float, path: Path) -> SearchOutcome:
+    results = tuner.fit()
+    errors = sum(1 for r in results if r.error is not None)
+    return SearchOutcome(
+        path=path,
+        num_trials=len(results),
+        num_errors=errors,
+        num_terminated=len(results) - errors,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def restore_tuner(path: Path, **kwargs: Any) -> Any:
+    from ray import tune
+
+    trainable = tune.with_parameters(run_trial, **kwargs)
+    exp: ExperimentConfig = kwargs["experiment"]
+    trainable = tune.with_resources(trainable, {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu})
+    if not tune.Tuner.can_restore(str(path)):
+        raise SearchError(f"{path} holds no resumable Tune state; run without --resume to start a new search")
+    return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

@@ -1,0 +1,258 @@
+"""Search-space YAML -> a validated `SearchSpace` (no Ray here: validation must run before Ray starts).
+
+Grid dimensions (and `conditions: {grid: [...]}`) are expanded here into explicit points, so that
+combinations that break `frozen_depth <= transfer_depth` are dropped before any trial exists instead of
+being scheduled and failing. Random dimensions (choice, uniform, loguniform, randint) are left to the
+searcher.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from tunetl.params import SEARCH_PARAMS, TrialParams
+
+DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+FLOAT_PARAMS = ("base_lr", "inner_lr", "last_lr", "lr_scale")
+INT_PARAMS = ("transfer_depth", "frozen_depth", "images_per_label")
+#: Keys a search space may hold: every trial parameter except `condition` (set by `conditions`).
+SPACE_KEYS = tuple(k for k in SEARCH_PARAMS if k != "condition") + ("conditions",)
+
+
+class SpaceError(ValueError):
+    """Invalid search space; the message starts with the key path."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    kind: str
+    values: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def is_grid(self) -> bool:
+        return self.kind == "grid"
+
+
+@dataclass
+class SearchSpace:
+    fixed: dict[str, Any] = field(default_factory=dict)
+    dims: dict[str, Dist] = field(default_factory=dict)
+    #: Joint settings; each a mapping of parameters (with an optional `name` -> `condition`).
+    conditions: list[dict[str, Any]] | None = None
+    conditions_kind: str = "grid"
+    origin: str = "search_space"
+
+    def grid_dims(self) -> dict[str, Dist]:
+        return {k: d for k, d in self.dims.items() if d.is_grid}
+
+    def random_dims(self) -> dict[str, Dist]:
+        return {k: d for k, d in self.dims.items() if not d.is_grid}
+
+    def grid_points(self) -> tuple[list[dict[str, Any]], int]:
+        """Every valid combination of the grid dimensions and grid conditions, and how many were skipped."""
+        axes: list[list[dict[str, Any]]] = [[{k: v} for v in d.values] for k, d in self.grid_dims().items()]
+        if self.conditions is not None and self.conditions_kind == "grid":
+            axes.append([_condition_params(c) for c in self.conditions])
+        points, skipped = [], 0
+        for combo in itertools.product(*axes) if axes else [()]:
+            point: dict[str, Any] = {}
+            for part in combo:
+                point.update(part)
+            merged = {**self.fixed, **point}
+            if _depths_invalid(merged):
+                skipped += 1
+                continue
+            points.append(point)
+        return points, skipped
+
+
+def _condition_params(cond: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in cond.items() if k != "name"}
+    if "name" in cond:
+        out["condition"] = str(cond["name"])
+    return out
+
+
+def _depths_invalid(p: dict[str, Any]) -> bool:
+    td, fd = p.get("transfer_depth"), p.get("frozen_depth", 0)
+    return td is not None and isinstance(fd, int) and isinstance(td, int) and fd > td
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    """Validate one candidate value with the trial-parameter model, so errors match a trial's."""
+    try:
+        parsed = TrialParams.model_validate({key: value})
+    except ValidationError as err:
+        msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+        raise SpaceError(f"{where}: {value!r}: {msg}") from None
+    out = getattr(parsed, key)
+    return list(out) if isinstance(out, tuple) else out
+
+
+def _parse_dist(key: str, spec: dict[str, Any], where: str) -> Dist:
+    if len(spec) != 1 or next(iter(spec)) not in DIST_KINDS:
+        raise SpaceError(
+            f"{where}: expected a value or exactly one of {{{', '.join(DIST_KINDS)}}}, got keys {sorted(spec)}"
+        )
+    kind, arg = next(iter(spec.items()))
+    if kind in ("grid", "choice"):
+        if not isinstance(arg, list) or not arg:
+            raise SpaceError(f"{where}.{kind}: needs a non-empty list of values")
+        return Dist(kind, tuple(_freeze(_check_value(key, v, f"{where}.{kind}")) for v in arg))
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(b, (int, float)) for b in arg)):
+        raise SpaceError(f"{where}.{kind}: needs [low, high] numbers, got {arg!r}")
+    low, high = arg
+    if low > high:
+        raise SpaceError(f"{where}.{kind}: low ({low}) > high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}.loguniform: bounds must be > 0 (got {low}); use uniform or a grid with 0")
+    if kind in ("uniform", "loguniform") and key not in FLOAT_PARAMS:
+        raise SpaceError(f"{where}.{kind}: {key} is not a real-valued parameter (use grid/choice/randint)")
+    if kind == "randint":
+        if key not in INT_PARAMS:
+            raise SpaceError(f"{where}.randint: {key} is not an integer parameter")
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise SpaceError(f"{where}.randint: bounds must be integers")
+        _check_value(key, int(low), f"{where}.randint")
+        return Dist(kind, low=int(low), high=int(high))
+    _check_value(key, low, f"{where}.{kind}")
+    return Dist(kind, low=float(low), high=float(high))
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def parse_space(raw: dict[str, Any], origin: str = "search_space") -> SearchSpace:
+    """Parse and check a search-space mapping on its own (backbone checks come in `check_space`)."""
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{origin}: a search space is a mapping of parameter -> value or distribution")
+    space = SearchSpace(origin=origin)
+    for key, spec in raw.items():
+        where = f"{origin}.{key}"
+        if key not in SPACE_KEYS:
+            raise SpaceError(f"{where}: unknown key; valid keys are {', '.join(SPACE_KEYS)}")
+        if key == "conditions":
+            space.conditions, space.conditions_kind = _parse_conditions(spec, where)
+        elif isinstance(spec, dict):
+            space.dims[key] = _parse_dist(key, spec, where)
+        else:
+            space.fixed[key] = _freeze(_check_value(key, spec, where))
+    points, skipped = space.grid_points()
+    if not points:
+        raise SpaceError(f"{origin}: no valid combination: every one has frozen_depth > transfer_depth")
+    if space.conditions is not None and space.conditions_kind == "choice":
+        if all(_depths_invalid({**space.fixed, **_condition_params(c)}) for c in space.conditions):
+            raise SpaceError(f"{origin}.conditions: every condition has frozen_depth > transfer_depth")
+    return space
+
+
+def _parse_conditions(spec: Any, where: str) -> tuple[list[dict[str, Any]], str]:
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("grid", "choice")):
+        raise SpaceError(f"{where}: expected {{grid: [mappings]}} or {{choice: [mappings]}}")
+    kind, items = next(iter(spec.items()))
+    if not isinstance(items, list) or not items:
+        raise SpaceError(f"{where}.{kind}: needs a non-empty list of mappings")
+    conds = []
+    for i, item in enumerate(items):
+        here = f"{where}.{kind}[{i}]"
+        if not isinstance(item, dict):
+            raise SpaceError(f"{here}: expected a mapping of parameters, got {item!r}")
+        cond: dict[str, Any] = {}
+        for key, value in item.items():
+            if key == "name":
+                cond["name"] = str(value)
+            elif key not in SPACE_KEYS or key == "conditions":
+                raise SpaceError(f"{here}.{key}: unknown key")
+            else:
+                cond[key] = _freeze(_check_value(key, value, f"{here}.{key}"))
+        try:
+            TrialParams.model_validate({k: v for k, v in cond.items() if k != "name"})
+        except ValidationError as err:
+            raise SpaceError(f"{here}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        conds.append(cond)
+    names = [c.get("name") for c in conds if "name" in c]
+    if len(names) != len(set(names)):
+        raise SpaceError(f"{where}: condition names must be unique, got {names}")
+    return conds, kind
+
+
+def _values_of(space: SearchSpace, key: str) -> list[Any]:
+    """Every value a key can take in the space (conditions included); [] when it is never set."""
+    vals: list[Any] = []
+    if key in space.fixed:
+        vals.append(space.fixed[key])
+    if key in space.dims:
+        d = space.dims[key]
+        vals.extend(d.values if d.kind in ("grid", "choice") else [d.low, d.high])
+    for c in space.conditions or []:
+        if key in c:
+            vals.append(c[key])
+    return vals
+
+
+def check_space(
+    space: SearchSpace,
+    *,
+    num_stages: int,
+    min_class_count: int | None = None,
+    min_class_name: str | None = None,
+    has_source: bool = True,
+    searcher: str = "grid",
+) -> None:
+    """Checks that need the backbone and the dataset: stage counts, images per label, the source."""
+    o = space.origin
+    for m in _values_of(space, "stage_multipliers"):
+        if len(m) != num_stages:
+            raise SpaceError(
+                f"{o}.stage_multipliers: {list(m)} has {len(m)} values but the backbone has {num_stages} stages"
+            )
+    for key in ("transfer_depth", "frozen_depth"):
+        for v in _values_of(space, key):
+            if v is not None and v > num_stages:
+                raise SpaceError(f"{o}.{key}: {v} > the backbone's {num_stages} stages")
+    if min_class_count is not None:
+        for v in _values_of(space, "images_per_label"):
+            if v != "all" and v is not None and v > min_class_count:
+                raise SpaceError(
+                    f"{o}.images_per_label: {v} > the {min_class_count} training images of the smallest "
+                    f"class ({min_class_name}); use at most {min_class_count} or 'all'"
+                )
+    if not has_source:
+        depths = _values_of(space, "transfer_depth")
+        if not depths or any(d is None or d > 0 for d in depths):
+            raise SpaceError(
+                f"{o}.transfer_depth: the experiment has no source weights, so only transfer_depth: 0 "
+                "(training from scratch) is possible; set source.train_on, source.weights or "
+                "source.weights_file"
+            )
+    if searcher == "grid":
+        for key in ("transfer_depth", "frozen_depth"):
+            if key in space.dims and not space.dims[key].is_grid:
+                raise SpaceError(
+                    f"{o}.{key}: with searcher grid, depths must be fixed, grid or set in conditions "
+                    "(their constraint is resolved before trials start); use searcher optuna for "
+                    f"{space.dims[key].kind}"
+                )
+
+
+def describe(space: SearchSpace) -> str:
+    points, skipped = space.grid_points()
+    parts = [f"{len(points)} grid point(s)"]
+    if skipped:
+        parts.append(f"{skipped} invalid combination(s) skipped (frozen_depth > transfer_depth)")
+    rnd = space.random_dims()
+    if rnd:
+        parts.append("sampled: " + ", ".join(f"{k} ~ {d.kind}" for k, d in rnd.items()))
+    return "; ".join(parts)
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,169 @@
+"""The Tune function trainable: one `TrialRunner`, one `tune.report` (with a checkpoint) per epoch.
+
+MLflow is reached only through the `TrialRecorder` object handed in (built by `tunetl.tracking`), so this
+module imports no mlflow. The child run is found again by the Tune trial id after a restart, so a
+retried or resumed trial keeps one MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from tunetl.config import ExperimentConfig
+from tunetl.data import TaskData
+from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
+from tunetl.search.space import SearchSpace
+from tunetl.search.tune_space import trial_params, trial_seed
+from tunetl.trial import EpochMetrics, TrialRunner, pick_device
+
+CHECKPOINT_FILE = "trial.pt"
+
+
+class TrialRecorder(Protocol):
+    """What a trial needs from the tracking layer (implemented by `tunetl.tracking.TrialLogger`)."""
+
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str: ...
+    def find_run(self, trial_id: str) -> str | None: ...
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+    def finish(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        best_val_acc: float | None,
+        stopped_early: bool = False,
+        error: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None: ...
+
+
+def logged_params(
+    resolved: ResolvedParams, experiment: ExperimentConfig, task: TaskData, seed: int, source: str
+) -> dict[str, Any]:
+    """The child run's params: every search parameter by YAML name, plus the contract's extras."""
+    values = resolved.model_dump()
+    out: dict[str, Any] = {k: values[k] for k in SEARCH_PARAMS}
+    out.update(
+        backbone=experiment.backbone,
+        dataset=task.name,
+        source=source,
+        seed=seed,
+        epochs=experiment.training.epochs,
+        batch_size=experiment.training.batch_size,
+    )
+    return out
+
+
+def run_trial(
+    config: dict[str, Any],
+    *,
+    experiment: ExperimentConfig,
+    space: SearchSpace,
+    task: TaskData,
+    source_state: dict[str, torch.Tensor] | None,
+    source: str,
+    features: dict[str, float],
+    recorder: TrialRecorder | None,
+) -> None:
+    from ray import tune
+
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id() or "local"
+    torch.set_num_threads(max(1, int(experiment.resources.cpu)))
+    params = TrialParams.model_validate(trial_params(space, config))
+    seed = trial_seed(config, experiment.seeds)
+    runner = TrialRunner(
+        params,
+        experiment,
+        seed=seed,
+        task=task,
+        source_state=source_state,
+        device=pick_device(experiment.resources.gpu),
+    )
+    run_id: str | None = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=runner.device, weights_only=True)
+        runner.load_state_dict(state)
+        run_id = state.get("run_id") or None
+    if recorder is not None and run_id is None:
+        run_id = recorder.find_run(trial_id)
+    if recorder is not None and run_id is None:
+        run_params = logged_params(runner.params, experiment, task, seed, source)
+        run_params.update(_trial_features(runner, features))
+        run_id = recorder.start(run_params, tags=_node_tags(trial_id))
+    epochs = experiment.training.epochs
+    try:
+        while runner.epoch < epochs:
+            m = runner.run_epoch()
+            diverged = not math.isfinite(m.train_loss)
+            if recorder is not None and run_id is not None:
+                recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
+            _report(runner, m, run_id, diverged)
+            if diverged:
+                break
+        if recorder is not None and run_id is not None:
+            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False)
+    except Exception:
+        if recorder is not None and run_id is not None:
+            recorder.set_tags(run_id, {"tunetl.error": traceback.format_exc()[-5000:]})
+        raise
+
+
+def _best(runner: TrialRunner) -> float | None:
+    return runner.best_val_acc if math.isfinite(runner.best_val_acc) else None
+
+
+def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
+    metrics = {"val_acc": m.val_acc, "val_loss": m.val_loss, "train_acc": m.train_acc, "train_loss": m.train_loss}
+    if diverged:
+        # A diverged model predicts garbage; 0 accuracy keeps NaN out of schedulers and tables.
+        metrics = {k: (0.0 if k.endswith("acc") else v) for k, v in metrics.items()}
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool) -> None:
+    from ray import tune
+
+    metrics: dict[str, Any] = {
+        **_epoch_metrics(m, diverged),
+        "epoch": m.epoch,
+        "best_val_acc": _best(runner) or 0.0,
+        "epoch_seconds": m.seconds,
+        "diverged": diverged,
+        "mlflow_run_id": run_id or "",
+    }
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({**runner.state_dict(), "run_id": run_id or ""}, Path(d) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _trial_features(runner: TrialRunner, features: dict[str, float]) -> dict[str, float]:
+    """Dataset features as `feature.*` params: the subset's own counts plus the driver's task features."""
+    labels = runner.task.train.labels[runner.train_idx]
+    counts = [int((labels == c).sum()) for c in range(len(runner.task.class_names))]
+    own = {
+        "feature.images_per_label": float(min(counts)),
+        "feature.num_classes": float(len(counts)),
+        "feature.num_train": float(len(labels)),
+    }
+    return {**features, **own}
+
+
+def _node_tags(trial_id: str) -> dict[str, str]:
+    import ray
+
+    return {
+        "tunetl.node": ray.get_runtime_context().get_node_id(),
+        "tunetl.host": os.uname().nodename,
+        "tunetl.trial_id": trial_id,
+    }

@@ -1,0 +1,107 @@
+"""`SearchSpace` -> what Ray Tune runs: a param_space for the grid searcher, a define-by-run for Optuna.
+
+Both encode the valid grid points (already filtered for frozen_depth <= transfer_depth) as an index
+`_point`, so no trial is ever spent on an invalid combination. `trial_params` turns a Tune config back
+into the trial's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tunetl.search.space import Dist, SearchSpace
+
+POINT, CONDITION, SEED, TRIAL_INDEX = "_point", "_condition", "seed", "__trial_index__"
+
+
+def _primitive(values: tuple[Any, ...]) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+
+
+def _tune_domain(d: Dist) -> Any:
+    from ray import tune
+
+    if d.kind == "choice":
+        return tune.choice(list(d.values))
+    if d.kind == "uniform":
+        return tune.uniform(d.low, d.high)
+    if d.kind == "loguniform":
+        return tune.loguniform(d.low, d.high)
+    if d.kind == "randint":
+        return tune.randint(int(d.low), int(d.high) + 1)  # YAML bounds are inclusive
+    raise ValueError(f"no Tune domain for {d.kind}")
+
+
+def grid_param_space(space: SearchSpace, seeds: list[int]) -> dict[str, Any]:
+    from ray import tune
+
+    points, _ = space.grid_points()
+    param_space: dict[str, Any] = {
+        POINT: tune.grid_search(list(range(len(points)))),
+        SEED: tune.grid_search(list(seeds)),
+    }
+    if space.conditions is not None and space.conditions_kind == "choice":
+        param_space[CONDITION] = tune.choice(list(range(len(space.conditions))))
+    for key, d in space.random_dims().items():
+        param_space[key] = _tune_domain(d)
+    return param_space
+
+
+def optuna_define_by_run(space: SearchSpace) -> Callable[[Any], None]:
+    """Optuna samples grid points as one categorical (lists such as multipliers are not categorical values)."""
+    points, _ = space.grid_points()
+    conditions = space.conditions if space.conditions_kind == "choice" else None
+    fixed_td = space.fixed.get("transfer_depth")
+
+    def define(trial: Any) -> None:
+        point = {}
+        if len(points) > 1:
+            point = points[trial.suggest_categorical(POINT, list(range(len(points))))]
+        elif points:
+            point = points[0]
+        cond: dict[str, Any] = {}
+        if conditions:
+            cond = conditions[trial.suggest_categorical(CONDITION, list(range(len(conditions))))]
+        td = cond.get("transfer_depth", point.get("transfer_depth", fixed_td))
+        for key, d in space.random_dims().items():
+            if d.kind == "choice":
+                if _primitive(d.values):
+                    trial.suggest_categorical(key, list(d.values))
+                else:
+                    trial.suggest_categorical(f"{key}_index", list(range(len(d.values))))
+            elif d.kind in ("uniform", "loguniform"):
+                trial.suggest_float(key, d.low, d.high, log=d.kind == "loguniform")
+            elif key == "frozen_depth" and isinstance(td, int):
+                trial.suggest_int(key, int(d.low), max(int(d.low), min(int(d.high), td)))
+            else:
+                trial.suggest_int(key, int(d.low), int(d.high))
+
+    return define
+
+
+def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
+    """The trial parameters (by YAML name) that a Tune config stands for."""
+    points, _ = space.grid_points()
+    out: dict[str, Any] = dict(space.fixed)
+    out.update(points[int(config.get(POINT, 0))])
+    if space.conditions is not None and space.conditions_kind == "choice":
+        cond = space.conditions[int(config[CONDITION])]
+        out.update({k: v for k, v in cond.items() if k != "name"})
+        if "name" in cond:
+            out["condition"] = cond["name"]
+    for key, d in space.random_dims().items():
+        if f"{key}_index" in config:
+            out[key] = d.values[int(config[f"{key}_index"])]
+        elif key in config:
+            out[key] = config[key]
+    for key in ("transfer_depth", "frozen_depth", "images_per_label"):
+        if isinstance(out.get(key), float):
+            out[key] = int(out[key])
+    return out
+
+
+def trial_seed(config: dict[str, Any], seeds: list[int]) -> int:
+    if SEED in config:
+        return int(config[SEED])
+    return int(seeds[int(config.get(TRIAL_INDEX, 0)) % len(seeds)])

@@ -1,0 +1,27 @@
+"""MLflow records: a parent run per search, a child run per trial, and the trials frame.
+
+This is the only package that imports mlflow, and it does so inside functions: importing
+`tunetl.tracking` stays cheap.
+"""
+
+from tunetl.tracking.query import best_configs, export_parquet, load_trials
+from tunetl.tracking.recorder import SearchRecorder
+from tunetl.tracking.trial_logger import TrialLogger
+from tunetl.tracking.uri import (
+    TrackingError,
+    TrackingUnavailable,
+    check_tracking,
+    resolve_tracking_uri,
+)
+
+__all__ = [
+    "SearchRecorder",
+    "TrackingError",
+    "TrackingUnavailable",
+    "TrialLogger",
+    "best_configs",
+    "check_tracking",
+    "export_parquet",
+    "load_trials",
+    "resolve_tracking_uri",
+]

@@ -1,0 +1,270 @@
+"""MLflow child runs -> the trials frame (docs/architecture.md), and what is asked of it.
+
+MLflow stores params as text; this module is where their types come back, so that `best`, reports,
+export and the meta-analysis all see ints, floats, bools and tuples, never strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunetl.params import SEARCH_PARAMS
+from tunetl.tracking.trial_logger import ERROR_TAG, NODE_TAG, PARENT_TAG, STOPPED_EARLY_TAG, client_for
+from tunetl.tracking.uri import TrackingError, redact
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Recorded per epoch; the frame keeps the last value of each.
+EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss")
+#: `images_per_label: all` in the frame (the real count is `feature.images_per_label`).
+ALL_IMAGES = -1
+#: Columns that describe the run rather than its configuration.
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "experiment",
+    "parent_run_id",
+    "status",
+    "stopped_early",
+    "error",
+    "node",
+)
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf|infinity)$", re.I)
+_PAGE = 1000
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists -> tuples, recursively, so that configurations stay hashable."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def restore_value(text: str) -> Any:
+    """Undo `encode_param`: "None" -> None, ints, floats, bools, JSON lists -> tuples, else the text."""
+    if text == "None":
+        return None
+    if text in ("True", "true"):
+        return True
+    if text in ("False", "false"):
+        return False
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    if text.startswith("["):
+        try:
+            return _tuples(json.loads(text))
+        except ValueError:
+            return text
+    return text
+
+
+def _column(name: str, values: list[Any]) -> pd.Series:
+    """One param column with a single dtype where the values allow it."""
+    import pandas as pd
+
+    if name.startswith("feature."):
+        return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
+    if name == "images_per_label":
+        values = [ALL_IMAGES if v == "all" else v for v in values]
+    present = [v for v in values if v is not None]
+    missing = len(present) < len(values)
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(values, dtype="boolean" if missing else "bool")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(values, dtype="Int64" if missing else "int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
+    return pd.Series(values, dtype="object")
+
+
+def _param_order(names: set[str]) -> list[str]:
+    search = [p for p in SEARCH_PARAMS if p in names]
+    features = sorted(n for n in names if n.startswith("feature."))
+    rest = sorted(names - set(search) - set(features))
+    return search + rest + features
+
+
+def _experiment_ids(client: Any, names: list[str], tracking_uri: str) -> dict[str, str]:
+    ids = {}
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"no MLflow experiment named {name} at {redact(tracking_uri)}; run `tunetl run` first "
+                "or check --tracking-uri"
+            )
+        ids[str(experiment.experiment_id)] = name
+    return ids
+
+
+def _child_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
+    """Every active child run of the experiments, all pages."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids, max_results=_PAGE, page_token=token, order_by=["attributes.start_time ASC"]
+        )
+        runs.extend(r for r in page if PARENT_TAG in r.data.tags)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame:
+    """The trials frame: one row per child run of the named experiments, typed."""
+    import pandas as pd
+
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    client = client_for(tracking_uri)
+    ids = _experiment_ids(client, names, tracking_uri)
+    runs = _child_runs(client, list(ids))
+
+    rows: list[dict[str, Any]] = []
+    params: list[dict[str, Any]] = []
+    extra_metrics: set[str] = set()
+    for run in runs:
+        tags = run.data.tags
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "experiment": ids[str(run.info.experiment_id)],
+                "parent_run_id": tags[PARENT_TAG],
+                "status": run.info.status,
+                "stopped_early": tags.get(STOPPED_EARLY_TAG, "false").lower() == "true",
+                "error": tags.get(ERROR_TAG),
+                "node": tags.get(NODE_TAG),
+            }
+        )
+        params.append({k: restore_value(v) for k, v in run.data.params.items()})
+        extra_metrics.update(run.data.metrics)
+
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    frame["stopped_early"] = frame["stopped_early"].astype(bool)
+    for name in _param_order({k for p in params for k in p}):
+        frame[name] = _column(name, [p.get(name) for p in params])
+    metric_names = [*EPOCH_METRICS, "best_val_acc"]
+    metric_names += sorted(extra_metrics - set(metric_names))
+    for name in metric_names:
+        frame[name] = pd.Series(
+            [run.data.metrics.get(name, math.nan) for run in runs], dtype="float64"
+        )
+    frame["epochs_run"] = pd.Series(
+        [len(client.get_metric_history(r.info.run_id, "val_acc")) if "val_acc" in r.data.metrics else 0
+         for r in runs],
+        dtype="int64",
+    )
+    return frame
+
+
+def default_config_cols(frame: pd.DataFrame) -> list[str]:
+    """What makes a configuration: the search parameters present, plus backbone and dataset."""
+    return [c for c in (*SEARCH_PARAMS, "backbone", "dataset") if c in frame.columns]
+
+
+def _hashable(value: Any) -> Any:
+    """A grouping key for one cell: lists -> tuples, every kind of missing -> None."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    import pandas as pd
+
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """Orders group values of mixed kinds: missing first, then numbers, then text."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, str(value))
+
+
+def best_configs(
+    frame: pd.DataFrame,
+    metric: str = "val_acc",
+    top: int = 5,
+    group_by: list[str] | None = None,
+    config_cols: list[str] | None = None,
+) -> pd.DataFrame:
+    """Configurations ranked by mean `metric` over seeds (finished runs only), top K overall or per group."""
+    import pandas as pd
+
+    if metric not in frame.columns:
+        raise ValueError(f"metric {metric!r} is not a column of the trials frame; pick one of "
+                         f"{', '.join([*EPOCH_METRICS, 'best_val_acc'])}")
+    group_by = list(group_by or [])
+    cols = list(config_cols) if config_cols is not None else default_config_cols(frame)
+    cols = group_by + [c for c in cols if c not in group_by]
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"column(s) {', '.join(missing)} are not in the trials frame")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+
+    values = pd.to_numeric(frame[metric], errors="coerce").astype("float64")
+    done = frame[(frame["status"] == "FINISHED") & values.map(math.isfinite)]
+    out_cols = [*cols, f"{metric}_mean", f"{metric}_std", "n_seeds"]
+    if done.empty:
+        return pd.DataFrame(columns=out_cols)
+
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for key, value in zip(
+        (tuple(_hashable(v) for v in row) for row in done[cols].itertuples(index=False, name=None)),
+        done[metric].astype("float64"),
+    ):
+        groups.setdefault(key, []).append(float(value))
+
+    records = []
+    for key, vals in groups.items():
+        series = pd.Series(vals, dtype="float64")
+        records.append([*key, series.mean(), series.std(ddof=1), len(vals)])
+    table = pd.DataFrame(records, columns=out_cols)
+    table = table.sort_values(f"{metric}_mean", ascending=False, kind="stable")
+    if not group_by:
+        return table.head(top).reset_index(drop=True)
+    keys = sorted({tuple(r) for r in table[group_by].itertuples(index=False, name=None)},
+                  key=lambda k: tuple(_sort_key(v) for v in k))
+    parts = []
+    for key in keys:
+        mask = pd.Series(True, index=table.index)
+        for col, val in zip(group_by, key):
+            mask &= table[col].map(lambda v, val=val: v == val or (v is None and val is None))
+        parts.append(table[mask].head(top))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _arrow_safe(series: pd.Series) -> pd.Series:
+    """Object columns pyarrow can write: tuples -> lists; columns of mixed kinds -> text."""
+    import pyarrow as pa
+
+    if series.dtype != object:
+        return series
+    values = [list(_hashable(v)) if isinstance(v, tuple) else v for v in series]
+    try:
+        pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        values = [None if v is None else str(v) for v in values]
+    return series.__class__(values, index=series.index, dtype="object", name=series.name)
+
+
+def export_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write the trials frame as Parquet (pyarrow); `pandas.read_parquet` reads it back."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    safe = frame.copy()
+    for col in safe.columns:
+        safe[col] = _arrow_safe(safe[col])
+    safe.to_parquet(out, engine="pyarrow", index=False)
+    return out

@@ -1,0 +1,77 @@
+"""Driver side: the experiment and the parent run of one `tunetl run`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tunetl.tracking.trial_logger import (
+    TrialLogger,
+    check_status,
+    client_for,
+    log_metrics,
+    log_params,
+)
+from tunetl.tracking.uri import TrackingError, redact
+
+
+def get_or_create_experiment(tracking_uri: str, name: str) -> str:
+    """Id of the active experiment `name`, created if missing (a concurrent creator is tolerated)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return str(client.create_experiment(name))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {redact(tracking_uri)} is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another "
+            "--name"
+        )
+    return str(experiment.experiment_id)
+
+
+class SearchRecorder:
+    """One per search: owns the experiment id and the parent run, hands out `TrialLogger`s."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.experiment_id: str = get_or_create_experiment(tracking_uri, experiment_name)
+        self.parent_run_id: str | None = None
+
+    def start_parent(self, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Create the parent run for this search; return its id."""
+        client = client_for(self.tracking_uri)
+        str_tags = {str(k): str(v) for k, v in tags.items()}
+        run = client.create_run(
+            self.experiment_id, tags=str_tags, run_name=str_tags.get("mlflow.runName")
+        )
+        self.parent_run_id = run.info.run_id
+        if params:
+            log_params(client, self.parent_run_id, params)
+        return self.parent_run_id
+
+    def end_parent(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> None:
+        """Log the search summary (e.g. trial counts, best accuracy) and end the parent run."""
+        run_id = self._require_parent()
+        check_status(status)
+        client = client_for(self.tracking_uri)
+        finite = {k: v for k, v in (summary or {}).items() if v is not None and math.isfinite(v)}
+        log_metrics(client, run_id, finite, step=0)
+        client.set_terminated(run_id, status=status)
+
+    def trial_logger(self) -> TrialLogger:
+        """A picklable logger that writes child runs under this search's parent run."""
+        return TrialLogger(self.tracking_uri, self.experiment_id, self._require_parent())
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("SearchRecorder: call start_parent() before trial_logger()/end_parent()")
+        return self.parent_run_id

@@ -1,0 +1,146 @@
+"""Where MLflow records go, and whether that place answers before a search starts.
+
+Workers run in other directories than the driver, so every URI handed out here is absolute; and an
+unreachable server is reported at once with what to do, instead of after MLflow's long retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_DB = "mlflow.db"
+_SQLITE = "sqlite:///"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow records asked for do not exist or cannot be used."""
+
+
+class TrackingUnavailable(TrackingError):
+    """The tracking store cannot be reached or written."""
+
+
+def redact(uri: str) -> str:
+    """The URI without any `user:password@` part, safe to print."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////abs/rel.db`; other URIs unchanged."""
+    if not uri.startswith(_SQLITE):
+        return uri
+    path, sep, query = uri[len(_SQLITE) :].partition("?")
+    if path in ("", ":memory:") or Path(path).is_absolute():
+        return uri
+    return f"{_SQLITE}{(Path.cwd() / path).resolve()}{sep}{query}"
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """CLI value, else `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working directory; made absolute."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}{Path.cwd() / DEFAULT_DB}"
+    if "://" not in uri and uri.endswith(".db"):
+        uri = f"{_SQLITE}{uri}"
+    return _absolute_sqlite(uri)
+
+
+def _secrets() -> list[str]:
+    """Credential values that must never reach a message."""
+    names = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME")
+    return [v for v in (os.environ.get(n) for n in names) if v]
+
+
+def _scrub(text: str, uri: str) -> str:
+    parts = urlsplit(uri)
+    for secret in [parts.password, parts.username, *_secrets()]:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _auth_header(uri: str) -> dict[str, str]:
+    """The same credentials MLflow's REST client would send (URI userinfo or env)."""
+    parts = urlsplit(uri)
+    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {raw}"}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def _get(url: str, headers: dict[str, str], timeout_s: float) -> int:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
+        return int(response.status)
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    parts = urlsplit(uri)
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    headers = _auth_header(uri)
+    shown = redact(uri)
+    try:
+        try:
+            _get(f"{base}/health", headers, timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            _get(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers, timeout_s)
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingUnavailable(
+                f"MLflow tracking server at {shown} refused the credentials (HTTP {exc.code}); set "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+            ) from None
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    raise TrackingUnavailable(
+        f"MLflow tracking server at {shown} did not answer ({_scrub(reason, uri)}). Start it with "
+        f"`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port {port}` "
+        "or pass --tracking-uri sqlite:///mlflow.db to record locally"
+    ) from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = uri[len(_SQLITE) :].partition("?")[0]
+    if path in ("", ":memory:"):
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise TrackingUnavailable(
+            f"MLflow database {path}: folder {folder} does not exist; create it or pass another "
+            "--tracking-uri"
+        )
+    if not os.access(folder, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+        raise TrackingUnavailable(
+            f"MLflow database {path} is not writable; fix the permissions or pass another --tracking-uri"
+        )
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the next step, when the tracking store cannot take records."""
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout_s)
+    elif uri.startswith(_SQLITE):
+        _check_sqlite(uri)
