@@ -133,7 +133,10 @@ def run(
           + (f", {p.skipped} invalid combination(s) skipped" if p.skipped else "")
           + f" x {len(exp.seeds)} seed(s), searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
-    source_state = source_state_for(exp, storage_path / "cache") if _needs_source(p) else None
+    from tunetl.trial import model_in_channels
+
+    channels = model_in_channels(exp, p.task)
+    source_state = source_state_for(exp, storage_path / "cache", in_channels=channels) if _needs_source(p) else None
     features = task_features(exp, p.task, source_state)
     rn.init_ray(address, num_cpus=num_cpus)
     recorder = SearchRecorder(uri, exp.name)

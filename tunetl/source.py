@@ -105,15 +105,29 @@ def train_source(
 
 
 def source_state_for(
-    experiment: ExperimentConfig, cache_dir: Path | str = DEFAULT_CACHE
+    experiment: ExperimentConfig, cache_dir: Path | str = DEFAULT_CACHE, *, in_channels: int | None = None
 ) -> dict[str, torch.Tensor] | None:
-    """The state dict whose stages trials copy, or None when the experiment has no source."""
+    """The state dict whose stages trials copy, or None when the experiment has no source.
+
+    Files and ImageNet weights go through `build(weights=...)`, which maps torchvision layouts onto
+    the stages, adapts the first convolution to the data's channels and names any key that does not fit.
+    """
+    from tunetl.trial import model_in_channels
+
     src = experiment.source
+    if src.kind == "none":
+        return None
+    if in_channels is None:
+        in_channels = model_in_channels(experiment, load_dataset(experiment.dataset))
     if src.train_on is not None:
-        return load_state_file(train_source(experiment, cache_dir))
-    if src.weights_file is not None:
-        return load_state_file(src.weights_file)
-    if src.weights == "imagenet":
-        model = build(experiment.backbone, num_classes=1000, in_channels=3, weights="imagenet")
-        return model.state_dict()
-    return None
+        return load_state_file(train_source(experiment, cache_dir, in_channels=in_channels))
+    weights = src.weights_file if src.weights_file is not None else "imagenet"
+    classes = head_classes(load_state_file(weights)) if src.weights_file is not None else 1000
+    model = build(experiment.backbone, num_classes=classes, in_channels=in_channels, weights=weights)
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def head_classes(state: dict[str, torch.Tensor]) -> int:
+    """Classes of the source's own head (so LEEP can use it); 1 when the file has no tunetl head."""
+    heads = [k for k, v in state.items() if k.startswith("head.") and k.endswith("weight") and v.ndim == 2]
+    return int(state[heads[-1]].shape[0]) if heads else 1

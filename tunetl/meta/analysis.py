@@ -23,8 +23,18 @@ DEFAULT_TASK_COLS: tuple[str, ...] = ("dataset", "source", "images_per_label")
 ALL_IMAGES = -1
 #: Columns that describe a configuration, never a measured value (kept as keys when averaging).
 PARAM_COLS = frozenset(
-    {"images_per_label", "transfer_depth", "frozen_depth", "inner_lr", "last_lr", "lr_scale",
-     "base_lr", "seed", "epochs", "condition"}
+    {
+        "images_per_label",
+        "transfer_depth",
+        "frozen_depth",
+        "inner_lr",
+        "last_lr",
+        "lr_scale",
+        "base_lr",
+        "seed",
+        "epochs",
+        "condition",
+    }
 )
 _NUMERIC_PARAMS = ("transfer_depth", "frozen_depth", "inner_lr", "last_lr", "lr_scale", "base_lr")
 _TIE_TOL = 1e-9
@@ -64,7 +74,7 @@ def ipl_label(value: Any) -> str:
 
 
 def condition_sort_key(name: Any) -> str:
-    """Order conditions as the seeds print them: base, FTall, S1T, S2T, ..., then the rest by name."""
+    """Order conditions as the seeds print them: base, FTall, S1T, S2T, ..., then others by name."""
     text = str(name)
     if text == "base":
         return "0"
@@ -127,7 +137,9 @@ def _task_cols(df: pd.DataFrame, task_cols: Sequence[str] | None) -> list[str]:
         return [c for c in DEFAULT_TASK_COLS if c in df.columns]
     missing = [c for c in task_cols if c not in df.columns]
     if missing:
-        raise ValueError(f"task_cols {missing} are not columns of the trials frame: {list(df.columns)}")
+        raise ValueError(
+            f"task_cols {missing} are not columns of the trials frame: {list(df.columns)}"
+        )
     return list(task_cols)
 
 
@@ -157,7 +169,8 @@ def alpha_beta(
 
     Seeds are averaged per (task, LL, IL) first. alpha_m = the IL with the best mean accuracy
     (ties within 1e-9 -> the smaller IL, so IL = 0 wins a tie), max_m / min_m = best / worst mean
-    accuracy (fractions), beta_m = (max_m - min_m) / min_m * 100 (eq. 1; inf when min_m = 0 < max_m).
+    accuracy (fractions), beta_m = (max_m - min_m) / min_m * 100 (eq. 1; inf when
+    min_m = 0 < max_m).
     Missing inner_lr / last_lr fall back to base_lr, as TrialParams does.
     """
     df = finished_trials(frame, metric)
@@ -169,7 +182,9 @@ def alpha_beta(
     _require(df, ("inner_lr", "last_lr"), "alpha_beta (Dube's IL/LL grid)")
     df = df.dropna(subset=["inner_lr", "last_lr"])
     if df.empty:
-        raise ValueError("no finished trial has both inner_lr and last_lr set; alpha_beta needs an IL/LL grid")
+        raise ValueError(
+            "no finished trial has both inner_lr and last_lr set; alpha_beta needs an IL/LL grid"
+        )
     tc = _task_cols(df, task_cols)
     per_il = df.groupby([*tc, "last_lr", "inner_lr"], dropna=False)[metric].mean().reset_index()
     rows = []
@@ -179,9 +194,15 @@ def alpha_beta(
         beta = 0.0 if hi == lo else (math.inf if lo == 0 else (hi - lo) / lo * 100.0)
         first = group.iloc[0]
         rows.append(
-            {**{c: first[c] for c in tc}, "last_lr": first["last_lr"],
-             "alpha": float(_argmax_smallest(acc)), "max_acc": hi, "min_acc": lo, "beta": beta,
-             "n_il": int(acc.index.nunique())}
+            {
+                **{c: first[c] for c in tc},
+                "last_lr": first["last_lr"],
+                "alpha": float(_argmax_smallest(acc)),
+                "max_acc": hi,
+                "min_acc": lo,
+                "beta": beta,
+                "n_il": int(acc.index.nunique()),
+            }
         )
     return _sorted(pd.DataFrame(rows), [*tc, "last_lr"])
 
@@ -194,8 +215,16 @@ def condition_names(frame: pd.DataFrame) -> pd.Series:
     d > 0 and (t all or t = d) -> f"S{d}T"; anything else -> f"T{t}F{d}" (transfer t, freeze d).
     """
     n = len(frame)
-    td = pd.to_numeric(frame["transfer_depth"], errors="coerce") if "transfer_depth" in frame else pd.Series(np.nan, index=frame.index)
-    fd = pd.to_numeric(frame["frozen_depth"], errors="coerce") if "frozen_depth" in frame else pd.Series(np.nan, index=frame.index)
+    td = (
+        pd.to_numeric(frame["transfer_depth"], errors="coerce")
+        if "transfer_depth" in frame
+        else pd.Series(np.nan, index=frame.index)
+    )
+    fd = (
+        pd.to_numeric(frame["frozen_depth"], errors="coerce")
+        if "frozen_depth" in frame
+        else pd.Series(np.nan, index=frame.index)
+    )
     fd = fd.fillna(0)
     t_max = td.max() if td.notna().any() else math.nan
     given = frame["condition"] if "condition" in frame else pd.Series([None] * n, index=frame.index)
@@ -235,20 +264,28 @@ def condition_table(
     return _sorted(table, [*tc, "condition"])
 
 
-def condition_pivot(table: pd.DataFrame, value: str = "acc_mean_pct", decimals: int | None = 1) -> pd.DataFrame:
+def condition_pivot(
+    table: pd.DataFrame, value: str = "acc_mean_pct", decimals: int | None = 1
+) -> pd.DataFrame:
     """Wide view of a condition_table (or swap_average) for printing: rows images_per_label
     (prefixed by dataset/source when they vary), columns conditions in seed order, values `value`.
     """
     _require(table, ("condition", value), "condition_pivot (pass condition_table's output)")
-    index = [c for c in ("dataset", "source") if c in table.columns and table[c].nunique(dropna=False) > 1]
+    index = [
+        c
+        for c in ("dataset", "source")
+        if c in table.columns and table[c].nunique(dropna=False) > 1
+    ]
     if "images_per_label" in table.columns:
         index.append("images_per_label")
     if not index:
-        raise ValueError("condition_pivot needs an images_per_label column (or varying dataset/source)")
+        raise ValueError(
+            "condition_pivot needs an images_per_label column (or varying dataset/source)"
+        )
     ordered = _sorted(table, [*index, "condition"])
     if ordered.duplicated([*index, "condition"]).any():
         raise ValueError(
-            f"condition_pivot: several rows share {index + ['condition']}; "
+            f"condition_pivot: several rows share {[*index, 'condition']}; "
             "aggregate first (condition_table with matching task_cols)"
         )
     ordered["_row"] = ordered.groupby(index, dropna=False, sort=False).ngroup()
@@ -267,23 +304,28 @@ def freeze_heuristic(
     metric: str = DEFAULT_METRIC,
     task_cols: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Soekhoe §4: "for the first n images per label freeze the first l stages; above, fine-tune all".
+    """Soekhoe §4: "up to n images per label freeze the first l stages; above, fine-tune all".
 
-    Transferred rows only (transfer_depth != 0; missing frozen_depth = 0). Per images_per_label the
-    mean accuracy of every frozen depth (seeds averaged per task, then tasks averaged); the best
-    depth (ties -> the smaller depth, so freezing must strictly beat FTall). Freezing *wins* at a size
-    when the best depth is > 0 and a frozen_depth 0 (FTall) row exists there. l = the depth that wins
-    most often (ties -> the smaller), n = the largest size at which freezing wins; `exceptions` lists
-    smaller sizes where it did not. Returns {"l", "n", "rule", "exceptions", "table"}.
+    Transferred rows only (transfer_depth != 0; missing frozen_depth = 0). Per images_per_label
+    the mean accuracy of every frozen depth (seeds averaged per task, then tasks averaged); the
+    best depth (ties -> the smaller depth, so freezing must strictly beat FTall). Freezing *wins*
+    at a size when the best depth is > 0 and a frozen_depth 0 (FTall) row exists there.
+    l = the depth that wins most often (ties -> the smaller), n = the largest size at which
+    freezing wins; `exceptions` lists smaller sizes where it did not.
+    Returns {"l", "n", "rule", "exceptions", "table"}.
     """
     df = finished_trials(frame, metric)
     _require(df, ("images_per_label",), "freeze_heuristic")
-    df["frozen_depth"] = pd.to_numeric(df["frozen_depth"], errors="coerce").fillna(0) if "frozen_depth" in df else 0
+    df["frozen_depth"] = (
+        pd.to_numeric(df["frozen_depth"], errors="coerce").fillna(0) if "frozen_depth" in df else 0
+    )
     df["frozen_depth"] = df["frozen_depth"].astype("int64")
     if "transfer_depth" in df.columns:
         df = df[df["transfer_depth"].fillna(-1) != 0]
     if df.empty:
-        raise ValueError("freeze_heuristic: every finished trial is a scratch (transfer_depth 0) trial")
+        raise ValueError(
+            "freeze_heuristic: every finished trial is a scratch (transfer_depth 0) trial"
+        )
     tc = [c for c in _task_cols(df, task_cols) if c != "images_per_label"]
     per_task = df.groupby([*tc, "images_per_label", "frozen_depth"], dropna=False)[metric].mean()
     per_size = per_task.groupby(level=["images_per_label", "frozen_depth"]).mean()
@@ -294,18 +336,33 @@ def freeze_heuristic(
         ftall = float(acc.get(0, math.nan))
         best = float(acc.max())
         rows.append(
-            {"images_per_label": int(size), "best_frozen_depth": depth, "best_pct": best * 100,
-             "ftall_pct": ftall * 100, "gain_pct": (best - ftall) * 100,
-             "freezing_wins": bool(depth > 0 and not math.isnan(ftall))}
+            {
+                "images_per_label": int(size),
+                "best_frozen_depth": depth,
+                "best_pct": best * 100,
+                "ftall_pct": ftall * 100,
+                "gain_pct": (best - ftall) * 100,
+                "freezing_wins": bool(depth > 0 and not math.isnan(ftall)),
+            }
         )
     table = pd.DataFrame(rows)
     wins = table[table["freezing_wins"]]
     if table["ftall_pct"].isna().all():
-        return {"l": None, "n": None, "exceptions": [], "table": table,
-                "rule": "cannot tell: no frozen_depth 0 (FTall) trial to compare freezing with"}
+        return {
+            "l": None,
+            "n": None,
+            "exceptions": [],
+            "table": table,
+            "rule": "cannot tell: no frozen_depth 0 (FTall) trial to compare freezing with",
+        }
     if wins.empty:
-        return {"l": None, "n": None, "exceptions": [], "table": table,
-                "rule": "no freezing helps: fine-tune all stages at every size tested"}
+        return {
+            "l": None,
+            "n": None,
+            "exceptions": [],
+            "table": table,
+            "rule": "no freezing helps: fine-tune all stages at every size tested",
+        }
     counts = wins["best_frozen_depth"].value_counts()
     l_best = int(min(counts.index[counts == counts.max()]))
     n_best = int(max(wins["images_per_label"], key=ipl_sort_key))
@@ -314,10 +371,16 @@ def freeze_heuristic(
     stages = "stage" if l_best == 1 else f"{l_best} stages"
     largest = max(table["images_per_label"], key=ipl_sort_key)
     if n_best == largest:
-        tail = ", including all images" if n_best == ALL_IMAGES else f" (up to {n_best} images per label)"
+        tail = (
+            ", including all images"
+            if n_best == ALL_IMAGES
+            else f" (up to {n_best} images per label)"
+        )
         rule = f"freeze the first {stages} at every size tested{tail}"
     else:
-        rule = f"freeze the first {stages} up to {n_best} images per label; above that fine-tune all"
+        rule = (
+            f"freeze the first {stages} up to {n_best} images per label; above that fine-tune all"
+        )
     return {"l": l_best, "n": n_best, "rule": rule, "exceptions": exceptions, "table": table}
 
 
@@ -355,7 +418,11 @@ def scale_table(
         raise ValueError("scale_table: no finished trial is left besides the baseline config")
     tc = _task_cols(df, task_cols)
     grouped = df.groupby([*tc, "lr_scale"], dropna=False)[metric]
-    table = grouped.agg(["mean", "count"]).reset_index().rename(columns={"mean": "acc_mean_pct", "count": "n"})
+    table = (
+        grouped.agg(["mean", "count"])
+        .reset_index()
+        .rename(columns={"mean": "acc_mean_pct", "count": "n"})
+    )
     table["acc_mean_pct"] *= 100.0
     table["best"] = False
     if tc:
@@ -366,7 +433,9 @@ def scale_table(
             table.loc[scales[acc >= top - _TIE_TOL * 100].idxmin(), "best"] = True
     else:
         top = table["acc_mean_pct"].max()
-        table.loc[table.loc[table["acc_mean_pct"] >= top - _TIE_TOL * 100, "lr_scale"].idxmin(), "best"] = True
+        table.loc[
+            table.loc[table["acc_mean_pct"] >= top - _TIE_TOL * 100, "lr_scale"].idxmin(), "best"
+        ] = True
     return _sorted(table, [*tc, "lr_scale"])
 
 
@@ -379,7 +448,8 @@ def scale_summary(
 ) -> dict[str, Any]:
     """Dube §4.3's three numbers: oracle (best scale per task), one fixed scale, and a baseline.
 
-    - oracle_acc_pct: mean over tasks of each task's best-scale accuracy (78.1 -> 88.0 in the paper);
+    - oracle_acc_pct: mean over tasks of each task's best-scale accuracy (88.0 in the paper,
+      78.1 its baseline);
     - fixed_scale: the scale most often best (ties -> higher fixed_acc_pct, then the smaller scale)
       and fixed_acc_pct: mean accuracy when always using it (79.7 in the paper);
     - baseline_acc_pct: the `baseline` config's rows (e.g. {"inner_lr": 0}) if given, else the
@@ -393,7 +463,9 @@ def scale_summary(
     keyed = table.assign(_task=[_task_key(r, tc) for _, r in table.iterrows()])
     oracle = keyed[keyed["best"]].set_index("_task")["acc_mean_pct"]
     counts = keyed.loc[keyed["best"], "lr_scale"].value_counts()
-    by_scale = {s: keyed[keyed["lr_scale"] == s].set_index("_task")["acc_mean_pct"] for s in counts.index}
+    by_scale = {
+        s: keyed[keyed["lr_scale"] == s].set_index("_task")["acc_mean_pct"] for s in counts.index
+    }
     top = counts.max()
     fixed = min(
         (s for s in counts.index if counts[s] == top),
@@ -406,8 +478,15 @@ def scale_summary(
         df = finished_trials(frame, metric)
         df = df[_matches(df, baseline)]
         if df.empty:
-            raise ValueError(f"scale_summary: no finished trial matches the baseline config {dict(baseline)}")
-        base = df.assign(_task=[_task_key(r, tc) for _, r in df.iterrows()]).groupby("_task")[metric].mean() * 100
+            raise ValueError(
+                f"scale_summary: no finished trial matches the baseline config {dict(baseline)}"
+            )
+        base = (
+            df.assign(_task=[_task_key(r, tc) for _, r in df.iterrows()])
+            .groupby("_task")[metric]
+            .mean()
+            * 100
+        )
         description = ", ".join(f"{k}={v}" for k, v in baseline.items())
     else:
         scale = 1.0 if baseline_scale is None else float(baseline_scale)
@@ -424,7 +503,9 @@ def scale_summary(
     if base_acc is not None:
         complete &= base_acc.notna()
     if not complete.any():
-        raise ValueError("scale_summary: no task has the oracle, the fixed scale and the baseline all measured")
+        raise ValueError(
+            "scale_summary: no task has the oracle, the fixed scale and the baseline all measured"
+        )
     o, f = float(oracle[complete].mean()), float(fixed_acc[complete].mean())
     b = float(base_acc[complete].mean()) if base_acc is not None else None
     share = None if b is None else (math.nan if math.isclose(o, b) else (f - b) / (o - b))
@@ -453,24 +534,32 @@ def swap_average(
     Rows (dataset=A, source=B) and (dataset=B, source=A) with equal `keys` (default: every column
     that is not dataset/source or a value, e.g. condition and images_per_label) become one row with
     dataset/source in sorted order, each value the mean of the two directions (an `n` column is
-    summed) and `swap_averaged` True. Rows without a partner pass through with `swap_averaged` False.
+    summed) and `swap_averaged` True. Rows without a partner pass through with `swap_averaged`
+    False.
     Values default to the numeric columns that are not configuration (PARAM_COLS) or bool.
     """
     _require(table, (dataset_col, source_col), "swap_average")
     if values is None:
         values = [
-            c for c in table.columns
-            if c not in (dataset_col, source_col) and c not in PARAM_COLS
-            and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+            c
+            for c in table.columns
+            if c not in (dataset_col, source_col)
+            and c not in PARAM_COLS
+            and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])
         ]
     if keys is None:
-        keys = [c for c in table.columns if c not in (dataset_col, source_col, *values, "swap_averaged")]
+        keys = [
+            c for c in table.columns if c not in (dataset_col, source_col, *values, "swap_averaged")
+        ]
     t = table.reset_index(drop=True)
-    ds, src = t[dataset_col], t[source_col]
-    pairable = ds.notna() & src.notna() & (ds.astype(str) != src.astype(str))
-    lo = np.where(pairable, np.minimum(ds.astype(str), src.astype(str)), None)
-    hi = np.where(pairable, np.maximum(ds.astype(str), src.astype(str)), None)
-    forward = pairable & (ds.astype(str) == pd.Series(lo, index=t.index).astype(str))
+    lo, hi, forward, pairable = [], [], [], []
+    for a, b in zip(t[dataset_col], t[source_col], strict=True):
+        ok = not pd.isna(a) and not pd.isna(b) and str(a) != str(b)
+        pairable.append(ok)
+        lo.append(min(str(a), str(b)) if ok else None)
+        hi.append(max(str(a), str(b)) if ok else None)
+        forward.append(ok and str(a) < str(b))
     out: list[dict[str, Any]] = []
     t = t.assign(_lo=lo, _hi=hi, _forward=forward, _pairable=pairable)
     for _, group in t.groupby(["_lo", "_hi", *keys], dropna=False, sort=False):
@@ -481,12 +570,17 @@ def swap_average(
             per_dir = group.groupby("_forward")[list(values)]
             means = per_dir.mean().mean()
             for c in values:
-                row[c] = float(per_dir[c].sum().sum()) if c == "n" else float(means[c])
+                row[c] = float(group[c].sum()) if c == "n" else float(means[c])
             row["swap_averaged"] = True
             out.append(row)
         else:
             for _, r in group.iterrows():
-                out.append({**{c: r[c] for c in table.columns if c != "swap_averaged"}, "swap_averaged": False})
+                out.append(
+                    {
+                        **{c: r[c] for c in table.columns if c != "swap_averaged"},
+                        "swap_averaged": False,
+                    }
+                )
     columns = [c for c in table.columns if c != "swap_averaged"] + ["swap_averaged"]
     result = pd.DataFrame(out, columns=columns)
     if "n" in values:

@@ -25,6 +25,7 @@ from tunetl.config import ExperimentConfig
 from tunetl.data import Preprocess, TaskData, images_per_label_indices, load_dataset
 from tunetl.meta.transferability import feature_similarity, leep, logme
 from tunetl.models import StagedModel, build
+from tunetl.source import head_classes
 
 #: Images per class used for the source-target features (keeps a 224-px backbone on CPU in seconds).
 FEATURE_IMAGES_PER_LABEL = 100
@@ -43,13 +44,8 @@ def basic_features(task: TaskData) -> dict[str, float]:
     }
 
 
-def _head_classes(state: dict[str, torch.Tensor]) -> int:
-    weights = [k for k, v in state.items() if k.startswith("head.") and k.endswith("weight") and v.ndim == 2]
-    return int(state[weights[-1]].shape[0]) if weights else 1
-
-
 def source_model(experiment: ExperimentConfig, source_state: dict[str, torch.Tensor], in_channels: int) -> StagedModel:
-    model = build(experiment.backbone, num_classes=_head_classes(source_state), in_channels=in_channels)
+    model = build(experiment.backbone, num_classes=head_classes(source_state), in_channels=in_channels)
     model.load_state_dict(source_state)
     return model.eval()
 

@@ -30,7 +30,9 @@ def _as_labels(labels: np.ndarray, n: int, name: str = "labels") -> np.ndarray:
     """Return integer labels 0..K-1 of length `n`, or raise naming the mismatch."""
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must be 1-D with {n} entries (one per row); got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be 1-D with {n} entries (one per row); got shape {arr.shape}"
+        )
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
@@ -56,7 +58,7 @@ class LogMEFit:
 
 
 def logme_fit(
-    features: np.ndarray, labels: np.ndarray, max_iter: int = 200, tol: float = 1e-9
+    features: np.ndarray, labels: np.ndarray, max_iter: int = 100, tol: float = 1e-7
 ) -> LogMEFit:
     """Maximise the Bayesian linear-regression evidence for every class at once (You et al. 2021).
 
@@ -114,7 +116,8 @@ def logme_fit(
     beta = np.ones(num_classes)
     evidence, gamma, m2, res2 = evaluate(alpha, beta)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    while iterations < max_iter:
+        iterations += 1
         alpha = np.clip(gamma / np.maximum(m2, _TINY), 1.0 / _CLAMP, _CLAMP)
         beta = np.clip((n - gamma) / res2, 1.0 / _CLAMP, _CLAMP)
         previous = evidence
@@ -150,7 +153,9 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
     n = theta.shape[0]
     y = _as_labels(labels, n)
     if theta.min() < 0:
-        raise ValueError("source_probs has negative entries; pass softmax probabilities, not logits")
+        raise ValueError(
+            "source_probs has negative entries; pass softmax probabilities, not logits"
+        )
     sums = theta.sum(axis=1)
     if not np.allclose(sums, 1.0, atol=1e-3):
         raise ValueError(

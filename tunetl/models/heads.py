@@ -25,7 +25,9 @@ def make_head(
     if kind not in HEAD_KINDS:
         raise ValueError(f"head {kind!r} is unknown; choose one of {sorted(HEAD_KINDS)}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            f"activation {activation!r} is unknown; choose one of {sorted(ACTIVATIONS)}"
+        )
     if in_features < 1 or num_classes < 1:
         raise ValueError(
             f"head needs in_features >= 1 and num_classes >= 1, got {in_features} and {num_classes}"

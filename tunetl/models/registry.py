@@ -74,31 +74,50 @@ def build(
     if name not in _STAGE_TABLE:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_STAGE_TABLE)}")
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"build({name!r}) needs num_classes >= 1 and in_channels >= 1, got {num_classes}, {in_channels}")
-    head_args = {"head": head, "activation": activation, "hidden": hidden, "dropout": dropout}
+        raise ValueError(
+            f"build({name!r}) needs num_classes >= 1 and in_channels >= 1, "
+            f"got {num_classes} and {in_channels}"
+        )
+    imagenet = weights is not None and str(weights) == "imagenet"
+    if imagenet and name not in TORCHVISION_BACKBONES:
+        raise WeightsError(
+            f"backbone {name!r} has no ImageNet weights; use weights_file or a source task"
+        )
+    state = (
+        imagenet_state(name) if imagenet else None
+    )  # fetched first: offline fails before building
     with _seeded(seed):
         if name == "smallcnn":
             stages, neck, width = smallcnn.smallcnn_parts(in_channels)
-            model = StagedModel(
-                name, stages, neck, width, num_classes, in_channels=in_channels, input_size=None,
-                mean=(0.5,) * in_channels, std=(0.5,) * in_channels, **head_args,
-            )
+            source, input_size, mean, std = None, None, (0.5,) * in_channels, (0.5,) * in_channels
         else:
             parts = torchvision_parts(name, in_channels)
-            model = StagedModel(
-                name, parts.stages, parts.neck, parts.feature_dim, num_classes,
-                in_channels=in_channels, input_size=IMAGENET_INPUT_SIZE,
-                mean=_stats(IMAGENET_MEAN, in_channels), std=_stats(IMAGENET_STD, in_channels), **head_args,
-            )
-            model.torchvision_keys = torchvision_key_map(parts.source, model)
+            stages, neck, width, source = parts.stages, parts.neck, parts.feature_dim, parts.source
+            input_size = IMAGENET_INPUT_SIZE
+            mean, std = _stats(IMAGENET_MEAN, in_channels), _stats(IMAGENET_STD, in_channels)
+        model = StagedModel(
+            name,
+            stages,
+            neck,
+            width,
+            num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            mean=mean,
+            std=std,
+            head=head,
+            activation=activation,
+            hidden=hidden,
+            dropout=dropout,
+        )
+    if source is not None:
+        model.torchvision_keys = torchvision_key_map(source, model)
     if tuple(model.stage_names) != _STAGE_TABLE[name]:
-        raise RuntimeError(f"{name}: built stages {model.stage_names} differ from the table {_STAGE_TABLE[name]}")
-    if weights is None:
-        return model
-    if str(weights) == "imagenet":
-        if not model.torchvision_keys:
-            raise WeightsError(f"backbone {name!r} has no ImageNet weights; use weights_file or a source task")
-        apply_weights(model, imagenet_state(name), source=f"torchvision's ImageNet weights for {name}")
-    else:
+        raise RuntimeError(
+            f"{name}: built stages {model.stage_names} differ from the table {_STAGE_TABLE[name]}"
+        )
+    if state is not None:
+        apply_weights(model, state, source=f"torchvision's ImageNet weights for {name}")
+    elif weights is not None:
         apply_weights(model, load_state_file(weights), source=f"weights file {weights}")
     return model

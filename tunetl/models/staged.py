@@ -93,7 +93,9 @@ class StagedModel(nn.Module):
             self.stages[index].train(False)
         return self
 
-    def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    def forward_stages(
+        self, x: torch.Tensor, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
         """Run `stages[start:stop]`; lets the engine run a frozen prefix under `no_grad`."""
         for stage in self.stages[start:stop]:
             x = stage(x)
@@ -116,7 +118,9 @@ class StagedModel(nn.Module):
     ) -> None:
         """Put a freshly initialised head for a new task on the neck's features."""
         device = next(self.stages.parameters()).device
-        self.head = make_head(head, self.feature_dim, num_classes, activation, hidden, dropout).to(device)
+        self.head = make_head(head, self.feature_dim, num_classes, activation, hidden, dropout).to(
+            device
+        )
         self.head.train(self.training)
         self.num_classes = num_classes
         self.head_kind = head
@@ -126,7 +130,7 @@ class StagedModel(nn.Module):
 
 
 def stage_index(key: str) -> int | None:
-    """0-based stage of a staged state-dict key (`stages.<i>.`), None when the key is not a stage's."""
+    """0-based stage of a state-dict key (`stages.<i>.`); None when it is not a stage's key."""
     parts = key.split(".", 2)
     if len(parts) >= 3 and parts[0] == "stages" and parts[1].isdigit():
         return int(parts[1])

@@ -1,11 +1,11 @@
 """torchvision classifiers cut into stages.
 
 Each torchvision model is built as torchvision defines it and its own modules are regrouped into
-stages, so pretrained weights keep their meaning and `torchvision_key_map` can translate a torchvision
-state dict key by key. torchvision is imported inside the functions: importing it costs seconds and
-`smallcnn` users never need it.
+stages, so pretrained weights keep their meaning and `torchvision_key_map` can translate a
+torchvision state dict key by key. torchvision is imported inside the functions: importing it costs
+seconds and `smallcnn` users never need it.
 
-Stages per family (0-based stage i of a "blockN" layout works at 1/2**(i+1) of the input resolution):
+Stages per family (stage `blockN` works at 1/2**N of the input resolution):
 - resnet: `conv1` (conv1+bn1+relu+maxpool), `layer1`..`layer4`; neck avgpool+flatten.
 - vgg: `block1`..`block5`, the conv blocks split after each MaxPool; neck global average pool.
 - alexnet: `conv1`..`conv5` (each conv with its ReLU and following MaxPool), then `fc6`, `fc7`
@@ -15,8 +15,8 @@ Stages per family (0-based stage i of a "blockN" layout works at 1/2**(i+1) of t
   neck global average pool. Their ImageNet classifier (MobileNetV3's 576->1024 pre-logits included)
   is dropped: the head starts from the pooled features.
 
-`input_size` is 224 (ImageNet); resnet, mobilenet and efficientnet also run at 64x64 (and alexnet down
-to 63x63), which is what the tests and CPU runs use.
+`input_size` is 224 (ImageNet); resnet, mobilenet and efficientnet also run at 64x64 or smaller
+(alexnet down to 63x63), which is what the tests and CPU runs use.
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ TORCHVISION_BACKBONES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 #: dotted path of the first convolution inside each family's torchvision model
-_FIRST_CONV = {"resnet": "conv1", "vgg": "features.0", "alexnet": "features.0", "by_resolution": "features.0.0"}
+_FIRST_CONV = {
+    "resnet": "conv1",
+    "vgg": "features.0",
+    "alexnet": "features.0",
+    "by_resolution": "features.0.0",
+}
 
 
 @dataclass
@@ -84,10 +89,14 @@ def torchvision_parts(name: str, in_channels: int) -> TorchvisionParts:
     net = get_model(name, weights=None)
     if in_channels != 3:
         _replace_first_conv(net, _FIRST_CONV[family], in_channels)
-    split = {"resnet": _split_resnet, "vgg": _split_vgg, "alexnet": _split_alexnet}.get(family, _split_by_resolution)
+    split = {"resnet": _split_resnet, "vgg": _split_vgg, "alexnet": _split_alexnet}.get(
+        family, _split_by_resolution
+    )
     modules, neck, feature_dim = split(net)
     if len(modules) != len(names):
-        raise RuntimeError(f"{name}: split into {len(modules)} stages, the table names {len(names)}")
+        raise RuntimeError(
+            f"{name}: split into {len(modules)} stages, the table names {len(names)}"
+        )
     return TorchvisionParts(list(zip(names, modules, strict=True)), neck, feature_dim, net)
 
 
@@ -125,7 +134,9 @@ def _global_pool() -> nn.Module:
 
 
 def _split_resnet(net: nn.Module) -> tuple[list[nn.Module], nn.Module, int]:
-    stem = nn.Sequential(OrderedDict(conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool))
+    stem = nn.Sequential(
+        OrderedDict(conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool)
+    )
     layers = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
     return layers, nn.Sequential(net.avgpool, nn.Flatten(1)), int(net.fc.in_features)
 
@@ -152,7 +163,9 @@ def _split_alexnet(net: nn.Module) -> tuple[list[nn.Module], nn.Module, int]:
     convs = _split_after(net.features, ends_stage)
     cls = net.classifier
     fc6 = nn.Sequential(
-        OrderedDict(avgpool=net.avgpool, flatten=nn.Flatten(1), dropout=cls[0], fc=cls[1], relu=cls[2])
+        OrderedDict(
+            avgpool=net.avgpool, flatten=nn.Flatten(1), dropout=cls[0], fc=cls[1], relu=cls[2]
+        )
     )
     fc7 = nn.Sequential(OrderedDict(dropout=cls[3], fc=cls[4], relu=cls[5]))
     return [*convs, fc6, fc7], nn.Identity(), int(cls[4].out_features)

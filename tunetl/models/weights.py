@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,7 +32,7 @@ _SHOWN_KEYS = 10
 
 
 class WeightsError(RuntimeError):
-    """A weights file or state dict cannot be used: refused, unreadable, or not fitting the model."""
+    """A weights file or state dict cannot be used: refused, unreadable or not fitting the model."""
 
 
 @contextmanager
@@ -54,7 +55,7 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict with `torch.load(map_location="cpu", weights_only=True)`.
 
     Accepts a plain `dict[str, Tensor]`, or a dict whose `state_dict` or `model` entry is one (a
-    training checkpoint). Pickled modules, `__reduce__` payloads and any other object -> WeightsError.
+    training checkpoint). Pickled modules, `__reduce__` payloads, anything else -> WeightsError.
     """
     file = Path(path)
     if not file.is_file():
@@ -62,23 +63,25 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         with _safe_load_env():
             obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
+    except Exception as exc:  # torch raises several types for bad files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only load failed" in str(exc).lower():
             raise WeightsError(
-                f"refused {file}: it is not a plain state dict of tensors; unpickling it would need "
-                f"arbitrary Python objects, which can run code ({_unsupported_global(str(exc))}). Save "
-                "weights with torch.save(model.state_dict(), path) and load that file instead."
+                f"refused {file}: it is not a plain state dict of tensors; unpickling it would "
+                "need arbitrary Python objects, which can run code "
+                f"({_unsupported_global(str(exc))}). Save weights with "
+                "torch.save(model.state_dict(), path) and load that file instead."
             ) from None
         raise WeightsError(f"could not read {file} as a torch state dict: {first_line}") from None
     return _as_state_dict(obj, file)
 
 
 def _unsupported_global(message: str) -> str:
-    for line in message.splitlines():
-        if "unsupported global" in line.lower() or "unsupported operand" in line.lower():
-            return line.strip()
-    return "torch's weights_only unpickler rejected it"
+    """The Python object torch's weights-only unpickler refused, e.g. `io.open`."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    return (
+        f"it references {found.group(1)}" if found else "torch's weights-only unpickler refused it"
+    )
 
 
 def _as_state_dict(obj: object, file: Path) -> dict[str, torch.Tensor]:
@@ -95,7 +98,9 @@ def _as_state_dict(obj: object, file: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_tensor_dict(obj: Mapping[object, object]) -> bool:
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
 
 
 def _describe(obj: object) -> str:
@@ -109,7 +114,9 @@ def _describe(obj: object) -> str:
     return "a dict"
 
 
-def stage_state(state: Mapping[str, torch.Tensor], stages: Iterable[int]) -> dict[str, torch.Tensor]:
+def stage_state(
+    state: Mapping[str, torch.Tensor], stages: Iterable[int]
+) -> dict[str, torch.Tensor]:
     """The entries of `state` that belong to the given 0-based stages (`stages.<i>.` keys); e.g.
     DESIGN's "stages 1..n" is `stage_state(state, range(n))`."""
     wanted = set(stages)
@@ -121,7 +128,9 @@ def _shown(keys: list[str]) -> str:
     return f"{len(keys)}: " + ", ".join(keys[:_SHOWN_KEYS]) + more
 
 
-def _from_torchvision_layout(model: StagedModel, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _from_torchvision_layout(
+    model: StagedModel, state: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Translate torchvision keys (e.g. `layer1.0.conv1.weight`) to staged keys; torchvision's own
     classifier is dropped. Keys torchvision does not know are kept for the error report."""
     out: dict[str, torch.Tensor] = {}
@@ -161,20 +170,30 @@ def apply_weights(
 
     `state` is in the staged layout or, for torchvision backbones, torchvision's own layout. A head
     that does not fit (another class count or head kind) is skipped and said so, unless
-    `strict_head`; any other missing, unexpected or mis-shaped key -> WeightsError naming the keys.
+    `strict_head`; a first convolution saved for another number of input channels is adapted
+    (`adapt_first_conv`); any other missing, unexpected or mis-shaped key -> WeightsError naming
+    the keys.
     """
     skipped: list[str] = []
     given = dict(state)
     if model.torchvision_keys and not any(k.startswith(("stages.", "head.")) for k in given):
         given, skipped = _from_torchvision_layout(model, given)
         if skipped:
-            log.info("%s: dropped torchvision's ImageNet classifier (%s)", model.name, _shown(skipped))
+            log.info(
+                "%s: dropped torchvision's ImageNet classifier (%s)", model.name, _shown(skipped)
+            )
     expected = model.state_dict()
     conv_key = _first_conv_key(model)
     if conv_key and conv_key in given and given[conv_key].ndim == 4:
         have, want = given[conv_key].shape, expected[conv_key].shape
         if have[1] != want[1] and (have[0], *have[2:]) == (want[0], *want[2:]):
-            log.info("%s: adapted %s from %d to %d input channels", model.name, conv_key, have[1], want[1])
+            log.info(
+                "%s: adapted %s from %d to %d input channels",
+                model.name,
+                conv_key,
+                have[1],
+                want[1],
+            )
             given[conv_key] = adapt_first_conv(given[conv_key], want[1])
 
     body_given = {k: v for k, v in given.items() if not k.startswith("head.")}
@@ -189,14 +208,19 @@ def apply_weights(
     if missing or unexpected or wrong:
         problems = [
             f"{label} {_shown(keys)}"
-            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("wrong shapes", wrong),
+            )
             if keys
         ]
         raise WeightsError(
-            f"{source} does not fit backbone {model.name!r} (stages {', '.join(model.stage_names)}): "
+            f"{source} does not fit backbone {model.name!r} "
+            f"(stages {', '.join(model.stage_names)}): "
             + "; ".join(problems)
-            + ". Was it saved from another backbone or with other in_channels? Use a file saved "
-            f"from build({model.name!r}, ...) with the same settings."
+            + ". Was it saved from another backbone? Use a file saved from "
+            f"build({model.name!r}, ...) with the same settings."
         )
 
     head_given = {k: v for k, v in given.items() if k.startswith("head.")}
@@ -211,7 +235,12 @@ def apply_weights(
         reason = _head_mismatch(head_given, head_expected)
         if strict_head:
             raise WeightsError(f"{source}: the head does not fit backbone {model.name!r}: {reason}")
-        log.info("%s: skipped the head of %s (%s); the head keeps its fresh initialisation", model.name, source, reason)
+        log.info(
+            "%s: skipped the head of %s (%s); the head keeps its fresh initialisation",
+            model.name,
+            source,
+            reason,
+        )
         skipped += sorted(head_given)
     model.load_state_dict(loaded, strict=False)
     return skipped
@@ -219,11 +248,17 @@ def apply_weights(
 
 def _head_mismatch(given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
     if given.keys() != expected.keys():
-        return f"the file's head has keys {sorted(given)}, the model's {sorted(expected)} (another head kind)"
+        return (
+            f"the file's head has keys {sorted(given)}, the model's {sorted(expected)} "
+            "(another head kind)"
+        )
     bad = [k for k in given if given[k].shape != expected[k].shape]
-    return "; ".join(
-        f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in bad
-    ) + " (a different class count)"
+    return (
+        "; ".join(
+            f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in bad
+        )
+        + " (a different class count)"
+    )
 
 
 @contextmanager
@@ -254,12 +289,12 @@ def imagenet_state(backbone: str, timeout: float = 20.0) -> dict[str, torch.Tens
             cache.mkdir(parents=True, exist_ok=True)
             with _socket_timeout(timeout):
                 torch.hub.download_url_to_file(url, str(target), progress=False)
-        except Exception as exc:  # noqa: BLE001 - urllib, OSError, timeouts: all mean "not available"
+        except Exception as exc:  # urllib, OSError, timeouts: all "not available"
             raise WeightsError(
                 f"ImageNet weights for {backbone!r} are not in the torch hub cache ({target}) and "
-                f"downloading {url} failed: {exc}. Without network: download that file elsewhere and "
-                f"copy it to {target}, or set TORCH_HOME to a directory whose hub/checkpoints/ holds "
-                "it, or give the file directly as the source's weights_file (torchvision and tunetl "
-                "layouts are both accepted)."
+                f"downloading {url} failed: {exc}. Without network: download that file "
+                f"elsewhere and copy it to {target}, or set TORCH_HOME to a directory whose "
+                "hub/checkpoints/ holds it, or give the file directly as the source's "
+                "weights_file (torchvision and tunetl layouts are both accepted)."
             ) from None
     return load_state_file(target)
