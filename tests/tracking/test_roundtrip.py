@@ -26,33 +26,69 @@ LONG_ERROR = "Traceback: " + "x" * 6000
 TRIALS: list[dict[str, Any]] = [
     {
         "params": {
-            "condition": "FTall", "transfer_depth": 4, "frozen_depth": 0, "images_per_label": "all",
-            "inner_lr": 0.01, "last_lr": None, "stage_multipliers": [0.0, 1.0, 2.0, 4.0],
-            "augment": False, "backbone": "smallcnn", "dataset": "digits[5,6,7,8,9]", "seed": 0,
-            "epochs": 3, "feature.images_per_label": 125, "feature.num_classes": 5,
+            "condition": "FTall",
+            "transfer_depth": 4,
+            "frozen_depth": 0,
+            "images_per_label": "all",
+            "inner_lr": 0.01,
+            "last_lr": None,
+            "stage_multipliers": [0.0, 1.0, 2.0, 4.0],
+            "augment": False,
+            "backbone": "smallcnn",
+            "dataset": "digits[5,6,7,8,9]",
+            "seed": 0,
+            "epochs": 3,
+            "feature.images_per_label": 125,
+            "feature.num_classes": 5,
             "feature.similarity": 0.25,
         },
-        "val_acc": [0.5, 0.7, 0.6], "status": "FINISHED", "stopped_early": False,
+        "val_acc": [0.5, 0.7, 0.6],
+        "status": "FINISHED",
+        "stopped_early": False,
     },
     {
         "params": {
-            "condition": "S2T", "transfer_depth": None, "frozen_depth": 2, "images_per_label": 5,
-            "inner_lr": 0.1, "last_lr": None, "stage_multipliers": (1, 1, 1, 1),
-            "augment": True, "backbone": "smallcnn", "dataset": "digits[5,6,7,8,9]", "seed": 1,
-            "epochs": 3, "feature.images_per_label": 5, "feature.num_classes": 5,
+            "condition": "S2T",
+            "transfer_depth": None,
+            "frozen_depth": 2,
+            "images_per_label": 5,
+            "inner_lr": 0.1,
+            "last_lr": None,
+            "stage_multipliers": (1, 1, 1, 1),
+            "augment": True,
+            "backbone": "smallcnn",
+            "dataset": "digits[5,6,7,8,9]",
+            "seed": 1,
+            "epochs": 3,
+            "feature.images_per_label": 5,
+            "feature.num_classes": 5,
             "feature.similarity": 0.25,
         },
-        "val_acc": [0.4], "status": "FINISHED", "stopped_early": True,
+        "val_acc": [0.4],
+        "status": "FINISHED",
+        "stopped_early": True,
     },
     {
         "params": {
-            "condition": "base", "transfer_depth": 0, "frozen_depth": 0, "images_per_label": 5,
-            "inner_lr": 0.5, "last_lr": None, "stage_multipliers": None,
-            "augment": False, "backbone": "smallcnn", "dataset": "digits[5,6,7,8,9]", "seed": 0,
-            "epochs": 3, "feature.images_per_label": 5, "feature.num_classes": 5,
+            "condition": "base",
+            "transfer_depth": 0,
+            "frozen_depth": 0,
+            "images_per_label": 5,
+            "inner_lr": 0.5,
+            "last_lr": None,
+            "stage_multipliers": None,
+            "augment": False,
+            "backbone": "smallcnn",
+            "dataset": "digits[5,6,7,8,9]",
+            "seed": 0,
+            "epochs": 3,
+            "feature.images_per_label": 5,
+            "feature.num_classes": 5,
             "feature.similarity": 0.25,
         },
-        "val_acc": [0.3, 0.2], "status": "FAILED", "stopped_early": False,
+        "val_acc": [0.3, 0.2],
+        "status": "FAILED",
+        "stopped_early": False,
     },
 ]
 
@@ -80,7 +116,9 @@ def log_trial_from_pickle(blob: bytes, trial: dict[str, Any]) -> str:
     return log_trial(pickle.loads(blob), trial)
 
 
-def record_search(uri: str, name: str, trials: list[dict[str, Any]], spawn: bool = False) -> tuple[str, list[str]]:
+def record_search(
+    uri: str, name: str, trials: list[dict[str, Any]], spawn: bool = False
+) -> tuple[str, list[str]]:
     recorder = SearchRecorder(uri, name)
     parent = recorder.start_parent({"searcher": "grid", "seeds": [0, 1]}, {"mlflow.runName": name})
     logger = recorder.trial_logger()
@@ -115,7 +153,11 @@ def test_round_trip_gives_one_typed_row_per_trial(tracking_uri: str) -> None:
 
     assert frame["images_per_label"].tolist() == [-1, 5, 5]
     assert frame["seed"].dtype == "int64" and frame["frozen_depth"].tolist() == [0, 2, 0]
-    assert frame["transfer_depth"].iloc[0] == 4 and frame["transfer_depth"].isna().tolist() == [False, True, False]
+    assert frame["transfer_depth"].iloc[0] == 4 and frame["transfer_depth"].isna().tolist() == [
+        False,
+        True,
+        False,
+    ]
     assert frame["inner_lr"].dtype == "float64" and frame["inner_lr"].tolist() == [0.01, 0.1, 0.5]
     assert frame["augment"].tolist() == [False, True, False]
     assert frame["last_lr"].isna().all()
@@ -142,14 +184,24 @@ def _ranking_trials() -> list[dict[str, Any]]:
     """Config A (2 seeds), B (2 seeds) at images_per_label all; C at 5; a failed run that scored high."""
 
     def trial(cond: str, ipl: int | str, seed: int, acc: float, status: str = "FINISHED") -> dict[str, Any]:
-        params = {"condition": cond, "images_per_label": ipl, "stage_multipliers": [1, 2],
-                  "transfer_depth": None, "backbone": "smallcnn", "dataset": "d", "seed": seed}
+        params = {
+            "condition": cond,
+            "images_per_label": ipl,
+            "stage_multipliers": [1, 2],
+            "transfer_depth": None,
+            "backbone": "smallcnn",
+            "dataset": "d",
+            "seed": seed,
+        }
         return {"params": params, "val_acc": [acc], "status": status, "stopped_early": False}
 
     return [
-        trial("A", "all", 0, 0.8), trial("A", "all", 1, 0.9),
-        trial("B", "all", 0, 0.7), trial("B", "all", 1, 0.75),
-        trial("C", 5, 0, 0.6), trial("C", 5, 1, 0.99, status="FAILED"),
+        trial("A", "all", 0, 0.8),
+        trial("A", "all", 1, 0.9),
+        trial("B", "all", 0, 0.7),
+        trial("B", "all", 1, 0.75),
+        trial("C", 5, 0, 0.6),
+        trial("C", 5, 1, 0.99, status="FAILED"),
     ]
 
 
@@ -221,7 +273,7 @@ def test_password_in_uri_is_not_in_query_errors(mlflow_server: str) -> None:
     assert "pw123456" not in message and "bob" not in message
 
 
-def test_trial_logger_pickles_as_plain_strings(sqlite_uri: str) -> None:
+def test_trial_logger_pickles_and_a_search_without_trials_is_empty(sqlite_uri: str) -> None:
     recorder = SearchRecorder(sqlite_uri, "pickle")
     with pytest.raises(RuntimeError, match="start_parent"):
         recorder.trial_logger()
@@ -229,3 +281,7 @@ def test_trial_logger_pickles_as_plain_strings(sqlite_uri: str) -> None:
     logger = recorder.trial_logger()
     assert pickle.loads(pickle.dumps(logger)) == logger
     assert all(isinstance(v, str) for v in vars(logger).values())
+
+    empty = load_trials("pickle", sqlite_uri)
+    assert empty.empty and {"run_id", "status", "val_acc", "best_val_acc", "epochs_run"} <= set(empty.columns)
+    assert best_configs(empty).empty

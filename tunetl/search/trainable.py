@@ -100,7 +100,8 @@ def run_trial(
     if recorder is not None and run_id is None:
         run_params = logged_params(runner.params, experiment, task, seed, source)
         run_params.update(_trial_features(runner, features))
-        run_id = recorder.start(run_params, tags=_node_tags(trial_id))
+        label = f"{runner.params.condition or 'trial'}-ipl{runner.params.images_per_label}-seed{seed}"
+        run_id = recorder.start(run_params, tags={**_node_tags(trial_id), "mlflow.runName": label})
     epochs = experiment.training.epochs
     try:
         while runner.epoch < epochs:

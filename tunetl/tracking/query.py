@@ -34,7 +34,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "node",
 )
 _INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf|infinity)$", re.I)
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
 _PAGE = 1000
 
 
@@ -153,12 +153,12 @@ def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame
     metric_names = [*EPOCH_METRICS, "best_val_acc"]
     metric_names += sorted(extra_metrics - set(metric_names))
     for name in metric_names:
-        frame[name] = pd.Series(
-            [run.data.metrics.get(name, math.nan) for run in runs], dtype="float64"
-        )
+        frame[name] = pd.Series([run.data.metrics.get(name, math.nan) for run in runs], dtype="float64")
     frame["epochs_run"] = pd.Series(
-        [len(client.get_metric_history(r.info.run_id, "val_acc")) if "val_acc" in r.data.metrics else 0
-         for r in runs],
+        [
+            len(client.get_metric_history(r.info.run_id, "val_acc")) if "val_acc" in r.data.metrics else 0
+            for r in runs
+        ],
         dtype="int64",
     )
     return frame
@@ -202,8 +202,10 @@ def best_configs(
     import pandas as pd
 
     if metric not in frame.columns:
-        raise ValueError(f"metric {metric!r} is not a column of the trials frame; pick one of "
-                         f"{', '.join([*EPOCH_METRICS, 'best_val_acc'])}")
+        raise ValueError(
+            f"metric {metric!r} is not a column of the trials frame; pick one of "
+            f"{', '.join([*EPOCH_METRICS, 'best_val_acc'])}"
+        )
     group_by = list(group_by or [])
     cols = list(config_cols) if config_cols is not None else default_config_cols(frame)
     cols = group_by + [c for c in cols if c not in group_by]
@@ -234,8 +236,10 @@ def best_configs(
     table = table.sort_values(f"{metric}_mean", ascending=False, kind="stable")
     if not group_by:
         return table.head(top).reset_index(drop=True)
-    keys = sorted({tuple(r) for r in table[group_by].itertuples(index=False, name=None)},
-                  key=lambda k: tuple(_sort_key(v) for v in k))
+    keys = sorted(
+        {tuple(r) for r in table[group_by].itertuples(index=False, name=None)},
+        key=lambda k: tuple(_sort_key(v) for v in k),
+    )
     parts = []
     for key in keys:
         mask = pd.Series(True, index=table.index)
@@ -247,6 +251,7 @@ def best_configs(
 
 def _arrow_safe(series: pd.Series) -> pd.Series:
     """Object columns pyarrow can write: tuples -> lists; columns of mixed kinds -> text."""
+    import pandas as pd
     import pyarrow as pa
 
     if series.dtype != object:
@@ -256,7 +261,7 @@ def _arrow_safe(series: pd.Series) -> pd.Series:
         pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
         values = [None if v is None else str(v) for v in values]
-    return series.__class__(values, index=series.index, dtype="object", name=series.name)
+    return pd.Series(values, index=series.index, dtype="object", name=series.name)
 
 
 def export_parquet(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -50,13 +50,20 @@ class SearchRecorder:
         """Create the parent run for this search; return its id."""
         client = client_for(self.tracking_uri)
         str_tags = {str(k): str(v) for k, v in tags.items()}
-        run = client.create_run(
-            self.experiment_id, tags=str_tags, run_name=str_tags.get("mlflow.runName")
-        )
+        run = client.create_run(self.experiment_id, tags=str_tags, run_name=str_tags.get("mlflow.runName"))
         self.parent_run_id = run.info.run_id
         if params:
             log_params(client, self.parent_run_id, params)
         return self.parent_run_id
+
+    def reopen_parent(self, run_id: str) -> None:
+        """Continue an earlier search's parent run (resume): it is RUNNING again until `end_parent`."""
+        client = client_for(self.tracking_uri)
+        run = client.get_run(run_id)
+        if run.info.experiment_id != self.experiment_id:
+            raise TrackingError(f"run {run_id} belongs to another MLflow experiment than {self.experiment_name!r}")
+        client.update_run(run_id, status="RUNNING")
+        self.parent_run_id = run_id
 
     def end_parent(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> None:
         """Log the search summary (e.g. trial counts, best accuracy) and end the parent run."""

@@ -21,6 +21,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STOPPED_EARLY_TAG = "tunetl.stopped_early"
 ERROR_TAG = "tunetl.error"
 NODE_TAG = "tunetl.node"
+TRIAL_ID_TAG = "tunetl.trial_id"
 MAX_ERROR_CHARS = 5000
 _MAX_PARAM_CHARS = 6000
 _MAX_PARAMS_PER_BATCH = 100
@@ -95,6 +96,20 @@ class TrialLogger:
             log_params(self._client(), run_id, params)
         return run_id
 
+    def find_run(self, trial_id: str) -> str | None:
+        """The child run a Tune trial already has (after a retry or a resume), so it is never duplicated."""
+        runs = self._client().search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client().log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch."""
         log_metrics(self._client(), run_id, metrics, step=epoch)
@@ -117,7 +132,8 @@ class TrialLogger:
         run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         run_tags[STOPPED_EARLY_TAG] = "true" if stopped_early else "false"
         if status == "FAILED":
-            run_tags[ERROR_TAG] = (error or "unknown error")[:MAX_ERROR_CHARS]
+            known = client.get_run(run_id).data.tags.get(ERROR_TAG)
+            run_tags[ERROR_TAG] = (error or known or "unknown error")[:MAX_ERROR_CHARS]
         metrics = []
         if best_val_acc is not None and math.isfinite(best_val_acc):
             metrics.append(Metric("best_val_acc", float(best_val_acc), int(time.time() * 1000), 0))
