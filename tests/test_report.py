@@ -178,12 +178,16 @@ def test_frozen_depth_report_files_and_numbers(frozen_report: Path) -> None:
         assert not (out / PLOTS[name]).exists(), name
     md = _table_text(out / "conditions.md")
     assert re.search(r"\| 5 \| 81\.0 ± 1\.4 \| 83\.0 ± 1\.4 \| 90\.0 ± 2\.8 \| 86\.0 ± 0\.0 \|", md)
-    assert re.search(r"\| 50 \| 95\.0 ± 1\.4 \| 97\.0 ± 1\.4 \| 96\.0 ± 0\.0 \| 93\.0 ± 1\.4 \|", md)
+    assert re.search(
+        r"\| 50 \| 95\.0 ± 1\.4 \| 97\.0 ± 1\.4 \| 96\.0 ± 0\.0 \| 93\.0 ± 1\.4 \|", md
+    )
     csv = pd.read_csv(out / "conditions.csv")
     assert list(csv.columns) == ["images_per_label", "base", "FTall", "S1T", "S2T"]
     assert csv.loc[csv["images_per_label"] == 5, "S1T"].item() == pytest.approx(90.0)
     freeze = _table_text(out / "freeze_heuristic.md")
-    assert "Rule: freeze the first stage up to 5 images per label; above that fine-tune all." in freeze
+    assert (
+        "Rule: freeze the first stage up to 5 images per label; above that fine-tune all." in freeze
+    )
     top = pd.read_csv(out / "top_trials.csv")
     assert len(top) == 10
     assert top["best_val_acc_pct"].iloc[0] == pytest.approx(98.0)
@@ -191,7 +195,7 @@ def test_frozen_depth_report_files_and_numbers(frozen_report: Path) -> None:
     index = _table_text(frozen_report)
     assert f"![Accuracy by condition]({PLOTS['conditions']})" in index
     assert "17 trials (1 failed, 16 finished" in index
-    assert "the best is S1T (90.0%)" in index
+    assert "at 5 images per label the best is S1T (90.0%)." in index
 
 
 def test_il_ll_report_plots_and_alpha(il_report: Path) -> None:

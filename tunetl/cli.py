@@ -124,7 +124,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from tunetl.config import ConfigError
 
-    errors: list[type[BaseException]] = [ConfigError]
+    from tunetl.models.weights import WeightsError
+
+    errors: list[type[BaseException]] = [ConfigError, WeightsError]
     try:
         from tunetl.tracking import TrackingError, TrackingUnavailable
 
@@ -143,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tunetl.config import ConfigError
 
         print(f"tunetl: error: {err}", file=sys.stderr)
-        return EXIT_INVALID if isinstance(err, ConfigError) else EXIT_FAILED
+        from tunetl.models.weights import WeightsError
+
+        return EXIT_INVALID if isinstance(err, (ConfigError, WeightsError)) else EXIT_FAILED
     except FileNotFoundError as err:
         print(f"tunetl: error: {err}", file=sys.stderr)
         return EXIT_INVALID

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunetl.data.spec import DatasetSpec
 
@@ -70,6 +70,18 @@ class SchedulerConfig(_Strict):
     type: Literal["asha", "none"] = "asha"
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3, gt=1)
+    #: ASHA compares trials only within groups of equal values of these parameters.
+    group_by: list[str] = Field(default_factory=lambda: ["images_per_label"])
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_params(cls, v: list[str]) -> list[str]:
+        from tunetl.params import SEARCH_PARAMS
+
+        unknown = [k for k in v if k not in SEARCH_PARAMS]
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; choose from {', '.join(SEARCH_PARAMS)}")
+        return v
 
 
 class SearcherConfig(_Strict):
@@ -186,6 +198,8 @@ def load_experiment(
     elif space is None:
         raw["search_space"] = {}
     raw = apply_overrides(raw, overrides or [])
+    if any(parse_override(o)[0] == ["search_space"] for o in overrides or []):
+        space_file = "inline"  # replaced whole by --set: errors must not name the file any more
     if name:
         raw["name"] = name
     _resolve_paths(raw, base)

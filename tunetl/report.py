@@ -90,7 +90,7 @@ _TOP_COLS = (
     "epochs_run",
     "stopped_early",
 )
-_NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf|nan)|^n/a$", re.IGNORECASE)
+_NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf|nan)|^(n/a|all)$", re.IGNORECASE)
 _CSS = (
     "body{font-family:sans-serif;max-width:62em;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:.5em 0 1.5em}"
@@ -153,7 +153,9 @@ def _table(stem: str, data: pd.DataFrame, shown: pd.DataFrame | None = None) -> 
     """CSV data plus its printable cells (`shown` overrides cells, e.g. "97.1 ± 0.4")."""
     view = data if shown is None else shown
     headers = [str(c) for c in view.columns]
-    rows = [[_cell(str(c), v) for c, v in zip(view.columns, r)] for r in view.itertuples(index=False)]
+    rows = [
+        [_cell(str(c), v) for c, v in zip(view.columns, r)] for r in view.itertuples(index=False)
+    ]
     return _Table(stem, data, headers, rows)
 
 
@@ -202,7 +204,7 @@ def _varying(df: pd.DataFrame, col: str) -> bool:
 
 
 def _task_label(row: Mapping[str, Any], cols: Sequence[str]) -> str:
-    """"digits[5,6] from digits[0,1], 10/label" built from the columns that identify the task."""
+    """ "digits[5,6] from digits[0,1], 10/label" built from the columns that identify the task."""
     parts = []
     for col in cols:
         value = row[col]
@@ -259,6 +261,7 @@ def _colors(n: int, ordered: bool) -> list[Any]:
 def _log_axis(ax: Axes, values: Sequence[float], axis: str = "x") -> Callable[[float], float]:
     """Log axis that still shows 0: zero sits at its own tick, left of a "//" break.
 
+    Limits come from `values`, not from one panel's data, so panels share ticks and the zero tick.
     Returns the map from a value to its plotted position (identity for positive values).
     """
     positive = sorted({float(v) for v in values if v > 0})
@@ -277,29 +280,60 @@ def _log_axis(ax: Axes, values: Sequence[float], axis: str = "x") -> Callable[[f
     labels = [_num(t) for t in ticks]
     if has_zero:
         ticks, labels = [zero_at, *ticks], ["0", *labels]
-    target = ax.xaxis if axis == "x" else ax.yaxis
     from matplotlib.ticker import NullLocator
 
-    target.set_minor_locator(NullLocator())
+    start = zero_at if has_zero else lo
+    margin = 10 ** max(0.1, 0.05 * math.log10(hi / start))
+    (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(NullLocator())
     (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, labels)
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(start / margin, hi * margin)
     if has_zero:
         brk = math.sqrt(zero_at * lo)
         if axis == "x":
-            ax.text(brk, 0, "//", transform=ax.get_xaxis_transform(), ha="center", va="center",
-                    fontsize=11, backgroundcolor="white", clip_on=False)
+            ax.text(
+                brk,
+                0,
+                "//",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=11,
+                backgroundcolor="white",
+                clip_on=False,
+            )
         else:
-            ax.text(0, brk, "//", transform=ax.get_yaxis_transform(), ha="center", va="center",
-                    fontsize=11, backgroundcolor="white", clip_on=False, rotation=90)
+            ax.text(
+                0,
+                brk,
+                "//",
+                transform=ax.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=11,
+                backgroundcolor="white",
+                clip_on=False,
+                rotation=90,
+            )
     return lambda v: zero_at if v == 0 else float(v)
 
 
 def _legend(fig: Figure, axes: list[Axes], title: str) -> None:
-    """One legend: inside a single panel, outside on the right for several."""
+    """One legend: inside a single panel with few lines, else outside on the right."""
     if len(axes) == 1:
-        axes[0].legend(title=title, fontsize=9, title_fontsize=9, loc="best", framealpha=0.9)
+        many = len(axes[0].get_legend_handles_labels()[1]) > 4
+        axes[0].legend(
+            title=title,
+            fontsize=9,
+            title_fontsize=9,
+            loc="upper left" if many else "best",
+            bbox_to_anchor=(1.01, 1.0) if many else None,
+            framealpha=0.9,
+        )
         return
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title=title, fontsize=9, title_fontsize=9, loc="outside right upper")
+    fig.legend(
+        handles, labels, title=title, fontsize=9, title_fontsize=9, loc="outside right upper"
+    )
 
 
 def _pct_axis(ax: Axes, metric: str, axis: str = "y") -> None:
@@ -329,7 +363,9 @@ def _panel_groups(df: pd.DataFrame, cols: Sequence[str]) -> list[tuple[str, pd.D
 
 
 def _cap_note(total: int) -> str:
-    return f" Only the first {MAX_PANELS} of {total} panels are drawn." if total > MAX_PANELS else ""
+    return (
+        f" Only the first {MAX_PANELS} of {total} panels are drawn." if total > MAX_PANELS else ""
+    )
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -369,23 +405,31 @@ def _conditions_section(df: pd.DataFrame, metric: str, out: Path) -> list[_Secti
                 label="all trials" if size is None else ipl_label(size),
             )
         ax.set_xticks(range(len(order)), order)
-        ax.set_xlabel("condition (base = scratch, FTall = fine-tune all, SnT = first n stages frozen)")
+        ax.set_xlabel("condition")
         _pct_axis(ax, metric)
         if title:
             ax.set_title(title, fontsize=10)
     fig.suptitle("Accuracy by transfer condition (mean ± std over seeds)")
+    fig.supxlabel(
+        "base = from scratch, FTall = transfer and fine-tune all, "
+        "SnT = first n stages transferred and frozen",
+        fontsize=9,
+        color="#444",
+    )
     _legend(fig, axes, "images / label")
     _save(fig, out / PLOTS["conditions"])
 
     smallest = sizes[0]
     small = table if smallest is None else table[table["images_per_label"] == smallest]
-    best = small.loc[small["acc_mean_pct"].idxmax()]
-    where = "" if smallest is None else f" at {ipl_label(smallest)} images per label"
+    per_condition = small.groupby("condition")["acc_mean_pct"].mean()
+    winner = min(per_condition.index[per_condition == per_condition.max()], key=condition_sort_key)
+    where = "overall" if smallest is None else f"at {ipl_label(smallest)} images per label"
+    where += ", averaged over tasks," if len(groups) > 1 else ""
     plot = _Section(
         "Accuracy by condition",
-        "Conditions left to right freeze more transferred stages; a line above its `base` point "
-        f"means transfer helped{where} the best is {best['condition']} "
-        f"({best['acc_mean_pct']:.1f}%)." + _cap_note(len(groups)),
+        "Conditions left to right freeze more transferred stages, and a point above its line's "
+        f"`base` means transfer helped; {where} the best is {winner} "
+        f"({per_condition[winner]:.1f}%)." + _cap_note(len(groups)),
         image=PLOTS["conditions"],
     )
     mean = condition_pivot(table, "acc_mean_pct", decimals=None)
@@ -425,7 +469,7 @@ def _freeze_section(df: pd.DataFrame, metric: str) -> list[_Section]:
 
 
 def _il_frame(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Seed means per (task, LL, IL), in percent; missing rates fall back to base_lr like alpha_beta."""
+    """Seed means per (task, LL, IL) in percent; missing rates fall back to base_lr."""
     tc = [c for c in DEFAULT_TASK_COLS if c in df.columns]
     rows = df.copy()
     if "base_lr" in rows.columns:
@@ -438,7 +482,11 @@ def _il_frame(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _inner_lr_sections(df: pd.DataFrame, metric: str, out: Path) -> list[_Section]:
-    """Dube Figs. 6-7 (accuracy vs IL per LL) and Fig. 9 (alpha_m vs size), with the alpha table."""
+    """Dube Figs. 6-7 (accuracy vs IL per LL) and Fig. 9 (alpha_m vs size), with the alpha table.
+
+    alpha/beta need several IL values per LL, so a random search (continuous rates) gets only the
+    scatter plot.
+    """
     if not ({"inner_lr", "last_lr"} <= set(df.columns) and _varying(df, "inner_lr")):
         return []
     means = _il_frame(df, metric)
@@ -455,19 +503,31 @@ def _inner_lr_sections(df: pd.DataFrame, metric: str, out: Path) -> list[_Sectio
             for rate, color in zip(rates, colors):
                 line = part[part["last_lr"] == rate].sort_values("inner_lr")
                 if not line.empty:
-                    ax.plot([pos(v) for v in line["inner_lr"]], line["acc_mean_pct"], marker="o",
-                            color=color, label=f"LL = {_num(rate)}")
+                    ax.plot(
+                        [pos(v) for v in line["inner_lr"]],
+                        line["acc_mean_pct"],
+                        marker="o",
+                        color=color,
+                        label=f"LL = {_num(rate)}",
+                    )
         else:
-            art = ax.scatter([pos(v) for v in part["inner_lr"]], part["acc_mean_pct"],
-                             c=np.log10(part["last_lr"].clip(lower=1e-12)), cmap="viridis", s=18)
+            art = ax.scatter(
+                [pos(v) for v in part["inner_lr"]],
+                part["acc_mean_pct"],
+                c=np.log10(part["last_lr"].clip(lower=1e-12)),
+                cmap="viridis",
+                s=18,
+            )
             fig.colorbar(art, ax=ax, label="log10 last-layer LR")
         ax.set_xlabel("inner learning rate IL (0 = inner stages frozen)")
         _pct_axis(ax, metric)
         if title:
             ax.set_title(title, fontsize=10)
-    fig.suptitle("Accuracy vs inner-stage learning rate, one line per last-layer rate LL")
     if grid:
+        fig.suptitle("Accuracy vs inner-stage learning rate, one line per last-layer rate LL")
         _legend(fig, axes, "last-layer LR")
+    else:
+        fig.suptitle("Accuracy vs inner-stage learning rate (colour: last-layer rate)")
     _save(fig, out / PLOTS["inner_lr"])
     best = means.loc[means["acc_mean_pct"].idxmax()]
     sections = [
@@ -479,6 +539,8 @@ def _inner_lr_sections(df: pd.DataFrame, metric: str, out: Path) -> list[_Sectio
             image=PLOTS["inner_lr"],
         )
     ]
+    if not grid:
+        return sections
     ab = alpha_beta(df, metric)
     if "images_per_label" in ab.columns and ab["images_per_label"].nunique() > 1:
         sections.append(_alpha_plot(ab, out))
@@ -513,8 +575,13 @@ def _alpha_plot(ab: pd.DataFrame, out: Path) -> _Section:
                 "images_per_label", key=lambda s: s.map(ipl_sort_key)
             )
             if not line.empty:
-                ax.plot([x_of[s] for s in line["images_per_label"]], [pos(a) for a in line["alpha"]],
-                        marker="o", color=color, label=f"LL = {_num(rate)}")
+                ax.plot(
+                    [x_of[s] for s in line["images_per_label"]],
+                    [pos(a) for a in line["alpha"]],
+                    marker="o",
+                    color=color,
+                    label=f"LL = {_num(rate)}",
+                )
         ax.set_xticks(range(len(sizes)), [ipl_label(s) for s in sizes])
         ax.set_xlabel("images per label")
         ax.set_ylabel("alpha_m: best inner learning rate")
@@ -526,7 +593,8 @@ def _alpha_plot(ab: pd.DataFrame, out: Path) -> _Section:
     return _Section(
         "Best inner learning rate vs images per label",
         "Dube et al. find alpha_m grows with the number of images per label: with few images "
-        "the inner stages should learn slowly or not at all (the `0` tick)." + _cap_note(len(groups)),
+        "the inner stages should learn slowly or not at all (the `0` tick)."
+        + _cap_note(len(groups)),
         image=PLOTS["alpha"],
     )
 
@@ -543,13 +611,33 @@ def _scale_sections(df: pd.DataFrame, metric: str, out: Path) -> list[_Section]:
     pos = _log_axis(ax, table["lr_scale"].tolist())
     for (label, part), color in zip(tasks, colors):
         part = part.sort_values("lr_scale")
-        ax.plot([pos(s) for s in part["lr_scale"]], part["acc_mean_pct"], marker="o", color=color,
-                label=label or "all trials")
+        ax.plot(
+            [pos(s) for s in part["lr_scale"]],
+            part["acc_mean_pct"],
+            marker="o",
+            color=color,
+            label=label or "all trials",
+        )
         top = part[part["best"]]
-        ax.plot([pos(s) for s in top["lr_scale"]], top["acc_mean_pct"], marker="*", markersize=16,
-                color=color, markeredgecolor="black", linestyle="none")
-    ax.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black",
-            linestyle="none", label="best scale")
+        ax.plot(
+            [pos(s) for s in top["lr_scale"]],
+            top["acc_mean_pct"],
+            marker="*",
+            markersize=16,
+            color=color,
+            markeredgecolor="black",
+            linestyle="none",
+        )
+    ax.plot(
+        [],
+        [],
+        marker="*",
+        markersize=12,
+        color="white",
+        markeredgecolor="black",
+        linestyle="none",
+        label="best scale",
+    )
     ax.set_xlabel("learning-rate scale (multiplies every stage and head rate)")
     _pct_axis(ax, metric)
     ax.set_title("Accuracy vs learning-rate scale per task")
@@ -567,13 +655,20 @@ def _scale_sections(df: pd.DataFrame, metric: str, out: Path) -> list[_Section]:
         ("one fixed scale", _num(summary["fixed_scale"])),
         ("accuracy at the fixed scale (%)", f"{summary['fixed_acc_pct']:.1f}"),
         ("baseline", summary["baseline"] or "n/a"),
-        ("baseline accuracy (%)", "n/a" if summary["baseline_acc_pct"] is None
-         else f"{summary['baseline_acc_pct']:.1f}"),
-        ("share of the oracle gain the fixed scale captures",
-         "n/a" if summary["gain_share"] is None or math.isnan(summary["gain_share"])
-         else f"{summary['gain_share']:.2f}"),
-        ("times each scale was best", ", ".join(
-            f"{_num(s)}: {c}" for s, c in summary["best_scale_counts"].items())),
+        (
+            "baseline accuracy (%)",
+            "n/a" if summary["baseline_acc_pct"] is None else f"{summary['baseline_acc_pct']:.1f}",
+        ),
+        (
+            "share of the oracle gain the fixed scale captures",
+            "n/a"
+            if summary["gain_share"] is None or math.isnan(summary["gain_share"])
+            else f"{summary['gain_share']:.2f}",
+        ),
+        (
+            "times each scale was best",
+            ", ".join(f"{_num(s)}: {c}" for s, c in summary["best_scale_counts"].items()),
+        ),
     ]
     data = pd.DataFrame(rows, columns=["quantity", "value"])
     return [
@@ -653,8 +748,9 @@ def _curves_section(
                 label += f" ({_trial_label(row)})"
         ax.plot(curve["step"], curve["val_acc"] * 100.0, color=color, marker=".", label=label)
         if "train_acc" in curve.columns:
-            ax.plot(curve["step"], curve["train_acc"] * 100.0, color=color, linestyle="--",
-                    alpha=0.7)
+            ax.plot(
+                curve["step"], curve["train_acc"] * 100.0, color=color, linestyle="--", alpha=0.7
+            )
     ax.plot([], [], color="gray", linestyle="--", label="training (dashed)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
@@ -673,8 +769,14 @@ def _curves_section(
 
 def _trial_label(row: pd.Series) -> str:
     parts = []
-    for col, name in (("condition", ""), ("images_per_label", "ipl="), ("inner_lr", "IL="),
-                      ("last_lr", "LL="), ("lr_scale", "x"), ("seed", "seed ")):
+    for col, name in (
+        ("condition", ""),
+        ("images_per_label", "ipl="),
+        ("inner_lr", "IL="),
+        ("last_lr", "LL="),
+        ("lr_scale", "x"),
+        ("seed", "seed "),
+    ):
         if col in row.index and not _missing(row[col]):
             parts.append(name + _cell(col, row[col]))
     return ", ".join(parts)
@@ -686,8 +788,16 @@ def _trial_label(row: pd.Series) -> str:
 def _overview(frame: pd.DataFrame, done: pd.DataFrame, metric: str) -> str:
     """One paragraph on what the report covers, from the frame itself (no clock, no host)."""
     counts = frame["status"].astype(str).value_counts() if "status" in frame.columns else None
-    status = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) if counts is not None else ""
-    early = int(frame["stopped_early"].fillna(False).astype(bool).sum()) if "stopped_early" in frame else 0
+    status = (
+        ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        if counts is not None
+        else ""
+    )
+    early = (
+        int(frame["stopped_early"].fillna(False).astype(bool).sum())
+        if "stopped_early" in frame
+        else 0
+    )
     parts = [f"{len(frame)} trials ({status}; {early} stopped early by the scheduler)"]
     for col, name in (("dataset", "target"), ("source", "source"), ("backbone", "backbone")):
         if col in done.columns:
@@ -711,6 +821,11 @@ def _render_md(title: str, overview: str, sections: list[_Section]) -> str:
     return "\n".join(lines)
 
 
+def _inline(text: str) -> str:
+    """Caption text for HTML: escaped, with Markdown `code` spans kept as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _render_html(title: str, overview: str, sections: list[_Section]) -> str:
     e = html.escape
     parts = [
@@ -722,7 +837,7 @@ def _render_html(title: str, overview: str, sections: list[_Section]) -> str:
         f"<p>{e(overview)}</p>",
     ]
     for s in sections:
-        parts += [f"<h2>{e(s.heading)}</h2>", f'<p class="caption">{e(s.caption)}</p>']
+        parts += [f"<h2>{e(s.heading)}</h2>", f'<p class="caption">{_inline(s.caption)}</p>']
         if s.image:
             parts.append(f'<img src="{e(s.image)}" alt="{e(s.heading)}">')
         if s.text:
@@ -779,7 +894,9 @@ def write_report(
             s.table.data.to_csv(out / f"{s.table.stem}.csv", index=False, lineterminator="\n")
             md = f"# {s.heading}\n\n{s.caption}\n\n"
             md += f"**{s.text}**\n\n" if s.text else ""
-            (out / f"{s.table.stem}.md").write_text(md + _md_table(s.table) + "\n", encoding="utf-8")
+            (out / f"{s.table.stem}.md").write_text(
+                md + _md_table(s.table) + "\n", encoding="utf-8"
+            )
             written |= {f"{s.table.stem}.csv", f"{s.table.stem}.md"}
     overview = _overview(frame, done, metric)
     index = out / "index.md"

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
 from tunetl.search.space import SearchSpace
 from tunetl.search.trainable import TrialRecorder, run_trial
-from tunetl.search.tune_space import grid_param_space, optuna_define_by_run
+from tunetl.search.tune_space import GroupKey, OptunaSpace, grid_param_space
 
 STATE_FILE = "tunetl_search.json"
 
@@ -48,6 +50,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Each trial checkpoints every epoch by design (resume loses at most one epoch); Tune's warning
+    # about the resulting state snapshots is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
@@ -55,30 +60,36 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
-def _finalizer(recorder: TrialRecorder, epochs: int) -> Any:
-    from ray import tune
+class MlflowFinalizer(tune.Callback):
+    """Closes child runs the trial itself could not close: stopped by ASHA, or failed.
 
-    class MlflowFinalizer(tune.Callback):
-        """Closes child runs the trial itself could not close: stopped by ASHA, or failed."""
+    Tune keeps callbacks in its experiment state, so this is a module-level class holding only the
+    picklable recorder.
+    """
 
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            res = trial.last_result or {}
-            run_id = res.get("mlflow_run_id") or recorder.find_run(trial.trial_id)
-            if not run_id:
-                return
-            stopped = int(res.get("epoch", 0)) < epochs and not res.get("diverged", False)
-            tags = {"tunetl.diverged": "true"} if res.get("diverged") else None
-            recorder.finish(
-                run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"), stopped_early=stopped, tags=tags
-            )
+    def __init__(self, recorder: TrialRecorder, epochs: int) -> None:
+        self.recorder, self.epochs = recorder, epochs
 
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            res = trial.last_result or {}
-            run_id = res.get("mlflow_run_id") or recorder.find_run(trial.trial_id)
-            if run_id:
-                recorder.finish(run_id, status="FAILED", best_val_acc=res.get("best_val_acc"), stopped_early=False)
+    def _run_id(self, trial: Any) -> str | None:
+        res = trial.last_result or {}
+        return res.get("mlflow_run_id") or self.recorder.find_run(trial.trial_id)
 
-    return MlflowFinalizer()
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        res = trial.last_result or {}
+        run_id = self._run_id(trial)
+        if not run_id:
+            return
+        stopped = int(res.get("epoch", 0)) < self.epochs and not res.get("diverged", False)
+        tags = {"tunetl.diverged": "true"} if res.get("diverged") else None
+        self.recorder.finish(
+            run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"), stopped_early=stopped, tags=tags
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_id(trial)
+        if run_id:
+            best = (trial.last_result or {}).get("best_val_acc")
+            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False)
 
 
 def _reporter(experiment: ExperimentConfig) -> Any:
@@ -111,6 +122,8 @@ def build_tuner(
     from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
+    from tunetl.search.schedulers import GroupedASHA
+
     trainable = tune.with_parameters(
         run_trial,
         experiment=experiment,
@@ -125,12 +138,17 @@ def build_tuner(
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
     epochs = experiment.training.epochs
     if experiment.scheduler.type == "asha":
-        scheduler: Any = ASHAScheduler(
+        asha = dict(
             time_attr="epoch",
             max_t=epochs,
             grace_period=min(experiment.scheduler.grace_period, epochs),
             reduction_factor=experiment.scheduler.reduction_factor,
         )
+        keys = experiment.scheduler.group_by
+        if keys:
+            scheduler: Any = GroupedASHA(GroupKey(space, keys), **asha)
+        else:
+            scheduler = ASHAScheduler(**asha)
     else:
         scheduler = FIFOScheduler()
     seeds = experiment.seeds
@@ -138,7 +156,7 @@ def build_tuner(
         import optuna
 
         searcher: Any = OptunaSearch(
-            space=optuna_define_by_run(space),
+            space=OptunaSpace(space),
             sampler=optuna.samplers.TPESampler(seed=experiment.searcher.seed),
             metric="best_val_acc",
             mode="max",
@@ -151,7 +169,7 @@ def build_tuner(
         searcher = None
         param_space = grid_param_space(space, seeds)
         num_samples = experiment.searcher.num_samples
-    callbacks = [_finalizer(recorder, epochs)] if recorder is not None else []
+    callbacks = [MlflowFinalizer(recorder, epochs)] if recorder is not None else []
     return tune.Tuner(
         trainable,
         param_space=param_space,

@@ -55,6 +55,9 @@ class SearchSpace:
     def random_dims(self) -> dict[str, Dist]:
         return {k: d for k, d in self.dims.items() if not d.is_grid}
 
+    def example_invalid(self) -> dict[str, Any]:
+        return _first_invalid(self)
+
     def grid_points(self) -> tuple[list[dict[str, Any]], int]:
         """Every valid combination of the grid dimensions and grid conditions, and how many were skipped."""
         axes: list[list[dict[str, Any]]] = [[{k: v} for v in d.values] for k, d in self.grid_dims().items()]
@@ -71,6 +74,19 @@ class SearchSpace:
                 continue
             points.append(point)
         return points, skipped
+
+
+def _first_invalid(space: SearchSpace) -> dict[str, Any]:
+    axes = [[{k: v} for v in d.values] for k, d in space.grid_dims().items()]
+    if space.conditions is not None and space.conditions_kind == "grid":
+        axes.append([_condition_params(c) for c in space.conditions])
+    for combo in itertools.product(*axes) if axes else [()]:
+        merged = dict(space.fixed)
+        for part in combo:
+            merged.update(part)
+        if _depths_invalid(merged):
+            return merged
+    return {}
 
 
 def _condition_params(cond: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +163,11 @@ def parse_space(raw: dict[str, Any], origin: str = "search_space") -> SearchSpac
             space.fixed[key] = _freeze(_check_value(key, spec, where))
     points, skipped = space.grid_points()
     if not points:
-        raise SpaceError(f"{origin}: no valid combination: every one has frozen_depth > transfer_depth")
+        example = space.example_invalid()
+        raise SpaceError(
+            f"{origin}: no valid combination: every one has frozen_depth > transfer_depth "
+            f"(e.g. frozen_depth ({example.get('frozen_depth')}) > transfer_depth ({example.get('transfer_depth')}))"
+        )
     if space.conditions is not None and space.conditions_kind == "choice":
         if all(_depths_invalid({**space.fixed, **_condition_params(c)}) for c in space.conditions):
             raise SpaceError(f"{origin}.conditions: every condition has frozen_depth > transfer_depth")
@@ -232,6 +252,19 @@ def check_space(
                 f"{o}.transfer_depth: the experiment has no source weights, so only transfer_depth: 0 "
                 "(training from scratch) is possible; set source.train_on, source.weights or "
                 "source.weights_file"
+            )
+    if "transfer_depth" in space.dims and not space.dims["transfer_depth"].is_grid:
+        raise SpaceError(
+            f"{o}.transfer_depth: sample transfer_depth with grid or conditions, not "
+            f"{space.dims['transfer_depth'].kind} (frozen_depth must stay <= it)"
+        )
+    fd = space.dims.get("frozen_depth")
+    if fd is not None and fd.kind == "choice":
+        depths = [d if d is not None else num_stages for d in _values_of(space, "transfer_depth")] or [num_stages]
+        if max(fd.values) > min(depths):
+            raise SpaceError(
+                f"{o}.frozen_depth: choice {list(fd.values)} can exceed transfer_depth {min(depths)}; "
+                "use randint (bounded per trial) or a grid (invalid pairs are skipped)"
             )
     if searcher == "grid":
         for key in ("transfer_depth", "frozen_depth"):

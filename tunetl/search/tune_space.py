@@ -7,7 +7,6 @@ into the trial's parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from tunetl.search.space import Dist, SearchSpace
@@ -48,23 +47,29 @@ def grid_param_space(space: SearchSpace, seeds: list[int]) -> dict[str, Any]:
     return param_space
 
 
-def optuna_define_by_run(space: SearchSpace) -> Callable[[Any], None]:
-    """Optuna samples grid points as one categorical (lists such as multipliers are not categorical values)."""
-    points, _ = space.grid_points()
-    conditions = space.conditions if space.conditions_kind == "choice" else None
-    fixed_td = space.fixed.get("transfer_depth")
+class OptunaSpace:
+    """Optuna define-by-run space; a class (not a closure) so Tune can checkpoint the searcher.
 
-    def define(trial: Any) -> None:
-        point = {}
-        if len(points) > 1:
-            point = points[trial.suggest_categorical(POINT, list(range(len(points))))]
-        elif points:
-            point = points[0]
+    Grid points are sampled as one categorical index: lists such as stage multipliers cannot be
+    Optuna categorical values, and invalid depth pairs are already filtered out of the points.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.points, _ = space.grid_points()
+        self.conditions = space.conditions if space.conditions_kind == "choice" else None
+
+    def __call__(self, trial: Any) -> None:
+        point: dict[str, Any] = {}
+        if len(self.points) > 1:
+            point = self.points[trial.suggest_categorical(POINT, list(range(len(self.points))))]
+        elif self.points:
+            point = self.points[0]
         cond: dict[str, Any] = {}
-        if conditions:
-            cond = conditions[trial.suggest_categorical(CONDITION, list(range(len(conditions))))]
-        td = cond.get("transfer_depth", point.get("transfer_depth", fixed_td))
-        for key, d in space.random_dims().items():
+        if self.conditions:
+            cond = self.conditions[trial.suggest_categorical(CONDITION, list(range(len(self.conditions))))]
+        td = cond.get("transfer_depth", point.get("transfer_depth", self.space.fixed.get("transfer_depth")))
+        for key, d in self.space.random_dims().items():
             if d.kind == "choice":
                 if _primitive(d.values):
                     trial.suggest_categorical(key, list(d.values))
@@ -77,7 +82,16 @@ def optuna_define_by_run(space: SearchSpace) -> Callable[[Any], None]:
             else:
                 trial.suggest_int(key, int(d.low), int(d.high))
 
-    return define
+
+class GroupKey:
+    """The values of `keys` in a trial's parameters: ASHA's comparison group (picklable)."""
+
+    def __init__(self, space: SearchSpace, keys: list[str]) -> None:
+        self.space, self.keys = space, list(keys)
+
+    def __call__(self, config: dict[str, Any]) -> tuple[str, ...]:
+        params = trial_params(self.space, config)
+        return tuple(str(params.get(k)) for k in self.keys)
 
 
 def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
