@@ -239,6 +239,34 @@ def best_table(experiment: str, tracking_uri: str, parent_run_id: str | None = N
                 parent_run_id=parent_run_id)
 
 
+def condition_summary(frame: pd.DataFrame) -> str | None:
+    """Accuracy (%) per condition and images per label, mean over seeds; `*` marks trials cut by ASHA.
+
+    None when the search did not vary the transfer condition.
+    """
+    from tunetl.meta.analysis import condition_names, condition_pivot, condition_table
+
+    if frame.empty or not ({"condition", "transfer_depth", "frozen_depth"} & set(varying_params(frame))):
+        return None
+    finished = frame[frame["status"] == "FINISHED"]
+    if finished.empty:
+        return None
+    pivot = condition_pivot(condition_table(finished, task_cols=["images_per_label"]))
+    stopped = finished.assign(condition=condition_names(finished)).groupby(
+        ["images_per_label", "condition"])["stopped_early"].any()
+    from tunetl.meta.analysis import ipl_label
+
+    stopped.index = stopped.index.set_levels(
+        [[ipl_label(v) for v in stopped.index.levels[0]], stopped.index.levels[1]])
+    text = pivot.copy().astype(object)
+    for ipl in pivot.index:
+        for cond in pivot.columns:
+            value = pivot.loc[ipl, cond]
+            mark = "*" if stopped.get((ipl, cond), False) else ""
+            text.loc[ipl, cond] = "" if pd.isna(value) else f"{value:.1f}{mark}"
+    return text.to_string()
+
+
 def export(experiment: str | list[str], out: str | Path, tracking_uri: str | None = None) -> Path:
     from tunetl.tracking import export_parquet
 

@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_INVALID, EXIT_FAILED = 2, 1
 
@@ -74,18 +78,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(f"{summary.num_trials} trial(s), {summary.num_failed} failed, {summary.seconds:.0f} s; "
           f"MLflow experiment {summary.experiment!r}, parent run {summary.parent_run_id}")
-    print(_best_text(summary.best))
+    frame = api.trials(summary.experiment, summary.tracking_uri)
+    frame = frame[frame["parent_run_id"] == summary.parent_run_id]
+    pivot = api.condition_summary(frame)
+    if pivot is not None:
+        print("\nBest validation accuracy (%) per condition and images per label, mean over seeds"
+              "\n(* = stopped early by ASHA):")
+        print(pivot)
+    print()
+    print(_best_text(summary.best, api.varying_params(frame)))
     print(f"\nNext: tunetl best --experiment {summary.experiment} --group-by images_per_label")
     print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")
     return 0 if summary.ok else EXIT_FAILED
 
 
-def _best_text(frame) -> str:  # type: ignore[no-untyped-def]
+def _best_text(frame: "pd.DataFrame", varying: list[str] | None = None) -> str:
+    """The best-config table, showing only parameters that took several values (all when unknown)."""
     from tunetl import api
 
     if frame.empty:
         return "No trial finished."
-    keep = [c for c in frame.columns if not c.startswith(("backbone", "dataset"))]
+    if varying is None:
+        varying = api.varying_params(frame) or list(frame.columns)
+    keep = [c for c in frame.columns
+            if c in varying or c.endswith(("_mean", "_std")) or c in ("n_seeds", "images_per_label")]
     return "Best configurations (accuracy in %, mean over seeds):\n" + api.format_table(frame, keep)
 
 

@@ -15,18 +15,24 @@ from typing import Any
 from tunetl.meta.regressor import MetaModel, Recommendation
 
 
-def subset_features(features: Mapping[str, Any], images_per_label: int | None = None) -> dict[str, float]:
+def subset_features(
+    features: Mapping[str, Any], images_per_label: int | None = None
+) -> dict[str, float]:
     """`features` plus the per-subset counts when absent: images per label = min(N, smallest
     class), train size = min(all images, classes x N) (exact for balanced data and for N at or
     below the smallest class); N = None means all images."""
     out = {k: float(v) for k, v in features.items() if v is not None}
     if images_per_label is not None and images_per_label < 1:
-        raise ValueError(f"images_per_label must be a positive integer or None (all), got {images_per_label}")
+        raise ValueError(
+            f"images_per_label must be a positive integer or None (all), got {images_per_label}"
+        )
     smallest = out.get("feature.images_per_label_min", math.nan)
     total = out.get("feature.num_train_total", math.nan)
     classes = out.get("feature.num_classes", math.nan)
     if "feature.images_per_label" not in out:
-        out["feature.images_per_label"] = smallest if images_per_label is None else min(float(images_per_label), smallest)
+        out["feature.images_per_label"] = (
+            smallest if images_per_label is None else min(float(images_per_label), smallest)
+        )
     if "feature.num_train" not in out:
         out["feature.num_train"] = (
             total if images_per_label is None else min(total, classes * float(images_per_label))
@@ -70,7 +76,9 @@ def recommend(
             "features": list(model.features),
             "leave_one_task_out": {k: _number(v) for k, v in (model.loto or {}).items()},
         },
-        "features": {k: _number(float(v)) for k, v in sorted(features.items()) if k.startswith("feature.")},
+        "features": {
+            k: _number(float(v)) for k, v in sorted(features.items()) if k.startswith("feature.")
+        },
     }
 
 
@@ -96,12 +104,17 @@ def format_recommendation(result: Mapping[str, Any]) -> str:
     if result["extrapolation"]:
         lines.append("EXTRAPOLATION: outside the training range, do not trust blindly:")
         for o in result["extrapolation"]:
-            lines.append(f"  {o['feature']} = {o['value']:g} (trained on {o['low']:g} .. {o['high']:g})")
+            lines.append(
+                f"  {o['feature']} = {o['value']:g} (trained on {o['low']:g} .. {o['high']:g})"
+            )
     lines += [f"Note: {n}" for n in result["notes"] if not n.startswith("the dataset lies outside")]
     loto = model.get("leave_one_task_out") or {}
-    shown = [(k, v) for k, v in loto.items() if v is not None and not k.endswith("_n") and k != "n_tasks"
-             and not k.endswith("_baseline")]
-    if shown:
-        parts = [f"{k} {v:.3g} (constant guess {loto.get(k + '_baseline') or float('nan'):.3g})" for k, v in shown]
+    errors = [k for k, v in loto.items() if v is not None and k.endswith(("_mae", "_accuracy"))]
+    if errors:
+        parts = []
+        for key in errors:
+            base = loto.get(f"{key}_baseline")
+            guess = "" if base is None else f" (constant guess {base:.3g})"
+            parts.append(f"{key} {loto[key]:.3g}{guess}")
         lines.append("Leave-one-task-out: " + "; ".join(parts))
     return "\n".join(lines)

@@ -155,7 +155,9 @@ def _alpha_targets(
     return rows, best
 
 
-def _scale_targets(frame: pd.DataFrame, df: pd.DataFrame, metric: str, tc: list[str]) -> dict[tuple[Any, ...], float]:
+def _scale_targets(
+    frame: pd.DataFrame, df: pd.DataFrame, metric: str, tc: list[str]
+) -> dict[tuple[Any, ...], float]:
     """Best lr_scale (analysis.scale_table) of each task that tried at least two scales."""
     if "lr_scale" not in df.columns:
         return {}
@@ -184,7 +186,9 @@ def _depth_targets(df: pd.DataFrame, metric: str, tc: list[str]) -> dict[tuple[A
     out = {}
     for key, group in best.groupby(tc, dropna=False, sort=False):
         if len(group) >= 2:
-            acc = dict(zip(group["frozen_depth"].astype(float), group[metric].astype(float), strict=True))
+            acc = dict(
+                zip(group["frozen_depth"].astype(float), group[metric].astype(float), strict=True)
+            )
             out[_key(key)] = _argmax_smallest(acc)
     return out
 
@@ -231,7 +235,9 @@ def meta_dataset(frame: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFr
         return series.map(ipl_sort_key) if series.name == "images_per_label" else series
 
     by = [c for c in order if c in meta.columns]
-    meta = meta.sort_values(by, key=sort_key, kind="stable", na_position="first").reset_index(drop=True)
+    meta = meta.sort_values(by, key=sort_key, kind="stable", na_position="first").reset_index(
+        drop=True
+    )
     meta.attrs["metric"] = metric
     return meta
 
@@ -307,9 +313,15 @@ def _constant(y: np.ndarray, classify: bool) -> float:
     return float(values[counts == counts.max()].min())
 
 
-def _fit_part(rows: pd.DataFrame, y: np.ndarray, inputs: list[str], kind: str, classify: bool) -> dict[str, Any]:
+def _fit_part(
+    rows: pd.DataFrame, y: np.ndarray, inputs: list[str], kind: str, classify: bool
+) -> dict[str, Any]:
     """One fitted part: inputs, their standardisation, and an estimator or a constant."""
-    x = np.column_stack([_transform(c, rows[c]) for c in inputs]) if inputs else np.zeros((len(y), 0))
+    x = (
+        np.column_stack([_transform(c, rows[c]) for c in inputs])
+        if inputs
+        else np.zeros((len(y), 0))
+    )
     center = x.mean(axis=0) if inputs else np.zeros(0)
     scale = x.std(axis=0) if inputs else np.zeros(0)
     scale = np.where(scale > 0, scale, 1.0)
@@ -528,7 +540,7 @@ class MetaModel:
             inner_lr=inner_lr,
             last_lr=last_lr,
             lr_scale=None if log_scale is None else float(10.0**log_scale),
-            frozen_depth=None if depth is None else int(round(depth)),
+            frozen_depth=None if depth is None else round(depth),
             nearest_tasks=self.nearest(features),
             extrapolation=extrapolation,
             notes=notes,
@@ -536,7 +548,10 @@ class MetaModel:
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Row-wise `predict` on a frame of `feature.*` columns: the settings and an extrapolation flag."""
-        recs = [self.predict({str(k): v for k, v in row.items()}) for row in frame.to_dict(orient="records")]
+        recs = [
+            self.predict({str(k): v for k, v in row.items()})
+            for row in frame.to_dict(orient="records")
+        ]
         return pd.DataFrame(
             {
                 "inner_lr": [r.inner_lr for r in recs],
@@ -548,9 +563,17 @@ class MetaModel:
         )
 
 
-def _describe_model(meta_df: pd.DataFrame, kind: str, features: list[str], targets: list[str]) -> str:
-    experiments = sorted({e for text in meta_df.get("experiments", pd.Series(dtype=str)).dropna()
-                          for e in str(text).split(",") if e})
+def _describe_model(
+    meta_df: pd.DataFrame, kind: str, features: list[str], targets: list[str]
+) -> str:
+    experiments = sorted(
+        {
+            e
+            for text in meta_df.get("experiments", pd.Series(dtype=str)).dropna()
+            for e in str(text).split(",")
+            if e
+        }
+    )
     metric = meta_df.attrs.get("metric", DEFAULT_METRIC)
     return (
         f"{kind} meta-model of {', '.join(targets)} on {meta_df['task'].nunique()} tasks "
@@ -572,8 +595,12 @@ def fit_meta_model(
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     chosen = list(features) if features is not None else default_features(meta_df)
     tasks = task_table(meta_df)
-    bad = [c for c in chosen if c not in tasks.columns
-           or not np.isfinite(pd.to_numeric(tasks[c], errors="coerce").to_numpy(dtype="float64")).all()]
+    bad = [
+        c
+        for c in chosen
+        if c not in tasks.columns
+        or not np.isfinite(pd.to_numeric(tasks[c], errors="coerce").to_numpy(dtype="float64")).all()
+    ]
     if bad:
         raise ValueError(
             f"feature(s) {', '.join(bad)} are missing or not finite on every task of the "
@@ -604,11 +631,18 @@ def fit_meta_model(
     if all(p is None for p in parts.values()):
         raise ValueError(
             "nothing to learn: no task varied inner_lr with last_lr, lr_scale or frozen_depth; run "
-            "searches over those (e.g. search_spaces/dube_il_ll.yaml) before fit-regressor"
+            "searches over those (search_spaces/il_ll.yaml, graduated.yaml, frozen_depth.yaml) first"
         )
-    targets = [t for t, p in (("alpha", "alpha_zero"), ("last_lr", "last_lr_log"),
-                              ("lr_scale", "lr_scale_log"), ("frozen_depth", "frozen_depth"))
-               if parts.get(p) is not None]
+    targets = [
+        t
+        for t, p in (
+            ("alpha", "alpha_zero"),
+            ("last_lr", "last_lr_log"),
+            ("lr_scale", "lr_scale_log"),
+            ("frozen_depth", "frozen_depth"),
+        )
+        if parts.get(p) is not None
+    ]
     model = MetaModel(
         kind=kind,
         features=chosen,
@@ -672,8 +706,13 @@ def leave_one_task_out(
     return out
 
 
-def _score_alpha(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame,
-                 errors: dict[str, list[float]], baselines: dict[str, list[float]]) -> None:
+def _score_alpha(
+    model: MetaModel,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    errors: dict[str, list[float]],
+    baselines: dict[str, list[float]],
+) -> None:
     """alpha cases of the held-out task, each at its own LL."""
     _, zero_train = _part_rows(train, "alpha_zero")
     _, log_train = _part_rows(train, "alpha_log")
@@ -684,7 +723,9 @@ def _score_alpha(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame,
     majority = _constant(zero_train, classify=True)
     for (_, row), is_zero in zip(rows.iterrows(), zero_true, strict=True):
         point = {**values, LL_INPUT: math.log10(float(row["last_lr"]))}
-        errors["alpha_zero_accuracy"].append(float(bool(model._part_value("alpha_zero", point)) == is_zero))
+        errors["alpha_zero_accuracy"].append(
+            float(bool(model._part_value("alpha_zero", point)) == is_zero)
+        )
         baselines["alpha_zero_accuracy"].append(float(bool(majority) == is_zero))
         log_pred = model._part_value("alpha_log", point)
         if not is_zero and log_pred is not None and len(log_train):
@@ -693,12 +734,20 @@ def _score_alpha(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame,
             baselines["alpha_log10_mae"].append(abs(float(log_train.mean()) - truth))
 
 
-def _score_task(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame,
-                errors: dict[str, list[float]], baselines: dict[str, list[float]]) -> None:
+def _score_task(
+    model: MetaModel,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    errors: dict[str, list[float]],
+    baselines: dict[str, list[float]],
+) -> None:
     """Task-level targets of the held-out task."""
     values = model._inputs(task_table(test).iloc[0].to_dict())
-    for part, key in (("last_lr_log", "last_lr_log10_mae"), ("lr_scale_log", "lr_scale_log10_mae"),
-                      ("frozen_depth", "frozen_depth_accuracy")):
+    for part, key in (
+        ("last_lr_log", "last_lr_log10_mae"),
+        ("lr_scale_log", "lr_scale_log10_mae"),
+        ("frozen_depth", "frozen_depth_accuracy"),
+    ):
         _, y_test = _part_rows(test, part)
         _, y_train = _part_rows(train, part)
         pred = model._part_value(part, values)
@@ -706,7 +755,7 @@ def _score_task(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame,
             continue
         truth = float(y_test[0])
         if key.endswith("accuracy"):
-            errors[key].append(float(int(round(pred)) == int(truth)))
+            errors[key].append(float(round(pred) == round(truth)))
             baselines[key].append(float(_constant(y_train, classify=True) == truth))
         else:
             errors[key].append(abs(pred - truth))

@@ -50,6 +50,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Each trial checkpoints every epoch by design (resume loses at most one epoch); Tune's warning
     # about the resulting state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -96,12 +98,11 @@ def _reporter(experiment: ExperimentConfig) -> Any:
     from ray import tune
 
     return tune.CLIReporter(
-        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
-        parameter_columns={"_point": "point", "seed": "seed"},
-        max_report_frequency=10,
+        metric_columns={"trial": "trial", "epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
+        parameter_columns=[],
+        max_report_frequency=15,
+        max_column_length=40,
         sort_by_metric=True,
-        metric="best_val_acc",
-        mode="max",
     )
 
 

@@ -100,8 +100,7 @@ def run_trial(
     if recorder is not None and run_id is None:
         run_params = logged_params(runner.params, experiment, task, seed, source)
         run_params.update(_trial_features(runner, features))
-        label = f"{runner.params.condition or 'trial'}-ipl{runner.params.images_per_label}-seed{seed}"
-        run_id = recorder.start(run_params, tags={**_node_tags(trial_id), "mlflow.runName": label})
+        run_id = recorder.start(run_params, tags={**_node_tags(trial_id), "mlflow.runName": trial_label(runner)})
     epochs = experiment.training.epochs
     try:
         while runner.epoch < epochs:
@@ -118,6 +117,15 @@ def run_trial(
         if recorder is not None and run_id is not None:
             recorder.set_tags(run_id, {"tunetl.error": traceback.format_exc()[-5000:]})
         raise
+
+
+def trial_label(runner: TrialRunner) -> str:
+    """A short readable name for progress tables and MLflow run names."""
+    p = runner.params
+    name = p.condition or f"T{p.transfer_depth}F{p.frozen_depth}"
+    extra = f" lr{p.inner_lr:g}/{p.last_lr:g}" if p.inner_lr != p.last_lr else ""
+    scale = f" x{p.lr_scale:g}" if p.lr_scale != 1 else ""
+    return f"{name} ipl={p.images_per_label}{extra}{scale} seed={runner.seed}"
 
 
 def _best(runner: TrialRunner) -> float | None:
@@ -142,6 +150,7 @@ def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: 
         "epoch_seconds": m.seconds,
         "diverged": diverged,
         "mlflow_run_id": run_id or "",
+        "trial": trial_label(runner),
     }
     with tempfile.TemporaryDirectory() as d:
         torch.save({**runner.state_dict(), "run_id": run_id or ""}, Path(d) / CHECKPOINT_FILE)

@@ -15,9 +15,11 @@ experiment (see ENVIRONMENT.md on `mlflow.set_experiment`).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +54,13 @@ def _pip_requirements() -> list[str]:
     import sklearn
     import skops
 
-    return [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", "pandas", "numpy", "tunetl"]
+    return [
+        f"scikit-learn=={sklearn.__version__}",
+        f"skops=={skops.__version__}",
+        "pandas",
+        "numpy",
+        "tunetl",
+    ]
 
 
 def _save_local(model: MetaModel, path: Path, mlflow_model: Any) -> None:
@@ -112,7 +120,9 @@ def log_meta_model(
     run_id = run.info.run_id
     try:
         table = model.table
-        experiments = sorted({e for cell in table.get("experiments", []) for e in str(cell).split(",") if e})
+        experiments = sorted(
+            {e for cell in table.get("experiments", []) for e in str(cell).split(",") if e}
+        )
         log_params(
             client,
             run_id,
@@ -126,10 +136,12 @@ def log_meta_model(
                 "metric": table.attrs.get("metric", "best_val_acc"),
             },
         )
-        loto = {k: float(v) for k, v in (model.loto or {}).items() if v == v and abs(v) != float("inf")}
+        loto = {k: float(v) for k, v in (model.loto or {}).items() if math.isfinite(v)}
         if loto:
             now = run.info.start_time or 0
-            client.log_batch(run_id, metrics=[Metric(f"loto.{k}", v, now, 0) for k, v in sorted(loto.items())])
+            client.log_batch(
+                run_id, metrics=[Metric(f"loto.{k}", v, now, 0) for k, v in sorted(loto.items())]
+            )
         logged = client.create_logged_model(
             experiment_id,
             name=MODEL_NAME_IN_RUN,
@@ -177,7 +189,9 @@ def parse_model_ref(name_or_uri: str, version: int | str | None = None) -> tuple
         text, ref = text.split("@", 1)
     if version is not None:
         if ref is not None and ref != str(version):
-            raise ValueError(f"{name_or_uri!r} names version {ref} but version={version} was passed too")
+            raise ValueError(
+                f"{name_or_uri!r} names version {ref} but version={version} was passed too"
+            )
         ref = str(version)
     if ref is not None and (not ref or ref.lower() == "latest"):
         ref = None
@@ -256,6 +270,7 @@ def load_meta_model(
     import skops.io
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     from tunetl.meta.regressor import MetaModel
 
@@ -269,7 +284,9 @@ def load_meta_model(
             files = {
                 f: Path(
                     mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"{source.rstrip('/')}/{f}", dst_path=tmp, tracking_uri=tracking_uri
+                        artifact_uri=f"{source.rstrip('/')}/{f}",
+                        dst_path=tmp,
+                        tracking_uri=tracking_uri,
                     )
                 )
                 for f in ("MLmodel", _SKOPS_FILE)
@@ -287,8 +304,19 @@ def load_meta_model(
             )
         try:
             model = skops.io.load(files[_SKOPS_FILE], trusted=TRUSTED_TYPES)
-        except Exception as exc:
-            raise TrackingError(f"{shown} could not be loaded safely: {exc}") from None
+        except (
+            UntrustedTypesFoundException,
+            zipfile.BadZipFile,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            ImportError,
+        ) as exc:
+            raise TrackingError(
+                f"{shown} could not be loaded safely ({type(exc).__name__}: {exc}); refit it with "
+                "`tunetl fit-regressor --register NAME`"
+            ) from None
     if not isinstance(model, MetaModel):
         raise TrackingError(f"{shown} holds a {type(model).__name__}, not a tunetl MetaModel")
     return model, name, int(mv.version)
