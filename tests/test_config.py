@@ -52,7 +52,7 @@ def test_set_overrides_are_dotted_and_yaml_typed(tmp_path: Path) -> None:
         ("name: x\ndataset: {builtin: digits, path: /tmp}\n", "dataset"),
         ("name: x\ndataset: {builtin: digits}\nsource: {weights: imagenet, weights_file: a.pt}\n",
          "give only one of train_on, weights, weights_file"),
-        ("name: x\n", "dataset: Field required"),
+        ("name: x\n", "give exactly one of dataset (one target task) or tasks"),
         ("name: x\ndataset: {builtin: digits}\nsearch_space: missing.yaml\n", "search_space: file not found"),
     ],
 )

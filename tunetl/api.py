@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tunetl.config import ConfigError, ExperimentConfig, load_experiment
@@ -40,9 +41,27 @@ class Plan:
 
     experiment: ExperimentConfig
     space: Any
-    task: Any
+    #: One single-task experiment and its loaded data per target task.
+    tasks: list[tuple[ExperimentConfig, Any]]
     grid_points: int
     skipped: int
+
+    @property
+    def task(self) -> Any:
+        return self.tasks[0][1]
+
+    @property
+    def task_names(self) -> str:
+        return ", ".join(t.name for _, t in self.tasks)
+
+
+def _load(spec: Any, where: str) -> Any:
+    from tunetl.data import load_dataset
+
+    try:
+        return load_dataset(spec)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def plan(
@@ -51,7 +70,6 @@ def plan(
     name: str | None = None,
 ) -> Plan:
     """Load and validate an experiment completely; raises ConfigError naming the key on bad input."""
-    from tunetl.data import load_dataset
     from tunetl.models import list_backbones
     from tunetl.search.space import SpaceError, check_space, parse_space
 
@@ -60,39 +78,55 @@ def plan(
     backbones = list_backbones()
     if exp.backbone not in backbones:
         raise ConfigError(f"backbone: unknown backbone {exp.backbone!r}; available: {', '.join(backbones)}")
-    try:
-        task = load_dataset(exp.dataset)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        raise ConfigError(f"dataset: {err}") from None
-    if exp.source.train_on is not None:
-        try:
-            load_dataset(exp.source.train_on)
-        except (ValueError, FileNotFoundError, OSError) as err:
-            raise ConfigError(f"source.train_on: {err}") from None
-    labels = task.train.labels
-    counts = [int((labels == c).sum()) for c in range(len(task.class_names))]
-    smallest = min(range(len(counts)), key=counts.__getitem__)
+    tasks = []
+    for i, task_exp in enumerate(exp.task_experiments()):
+        where = "dataset" if exp.tasks is None else f"tasks[{i}]"
+        tasks.append((task_exp, _load(task_exp.dataset, f"{where}.dataset" if exp.tasks else where)))
+        if task_exp.source.train_on is not None:
+            _load(task_exp.source.train_on, f"{where}.source.train_on" if exp.tasks else "source.train_on")
+    counts = []
+    for _, task in tasks:
+        per_class = np.bincount(task.train.labels, minlength=len(task.class_names))
+        c = int(per_class.argmin())
+        counts.append((int(per_class[c]), f"{task.class_names[c]} of {task.name}"))
+    smallest, smallest_name = min(counts)
     try:
         space = parse_space(exp.search_space, origin=origin)
         check_space(
             space,
             num_stages=len(backbones[exp.backbone]),
-            min_class_count=counts[smallest],
-            min_class_name=task.class_names[smallest],
-            has_source=exp.source.kind != "none",
+            min_class_count=smallest,
+            min_class_name=smallest_name,
+            has_source=all(e.source.kind != "none" for e, _ in tasks),
             searcher=exp.searcher.type,
         )
     except SpaceError as err:
         raise ConfigError(str(err)) from None
     points, skipped = space.grid_points()
-    return Plan(experiment=exp, space=space, task=task, grid_points=len(points), skipped=skipped)
+    return Plan(experiment=exp, space=space, tasks=tasks, grid_points=len(points), skipped=skipped)
 
 
 def _needs_source(p: Plan) -> bool:
     from tunetl.search.space import _values_of
 
     depths = _values_of(p.space, "transfer_depth")
-    return p.experiment.source.kind != "none" and (not depths or any(d is None or d > 0 for d in depths))
+    return not depths or any(d is None or d > 0 for d in depths)
+
+
+def _bundles(p: Plan, storage: Path) -> list[Any]:
+    """Per task: source weights (trained and cached once), the source's name, the task's features."""
+    from tunetl.meta.features import task_features
+    from tunetl.search.trainable import TaskBundle
+    from tunetl.source import source_description, source_state_for
+    from tunetl.trial import model_in_channels
+
+    bundles = []
+    for exp, task in p.tasks:
+        state = None
+        if exp.source.kind != "none" and _needs_source(p):
+            state = source_state_for(exp, storage / "cache", in_channels=model_in_channels(exp, task))
+        bundles.append(TaskBundle(exp, task, state, source_description(exp), task_features(exp, task, state)))
+    return bundles
 
 
 def run(
@@ -107,9 +141,7 @@ def run(
     num_cpus: int | None = None,
 ) -> RunSummary:
     """Run (or resume) a search; every trial becomes an MLflow child run under one parent run."""
-    from tunetl.meta.features import task_features
     from tunetl.search import runner as rn
-    from tunetl.source import source_description, source_state_for
     from tunetl.tracking import SearchRecorder, check_tracking, resolve_tracking_uri
 
     p = plan(experiment, overrides, name)
@@ -129,36 +161,25 @@ def run(
                 f"--resume: the experiment or its search space changed since {run_dir.name} started; "
                 "resume needs the same inputs (run without --resume to start a new search)"
             )
-    print(f"[tunetl] {exp.name}: {p.task.name}, backbone {exp.backbone}, {p.grid_points} grid point(s)"
-          + (f", {p.skipped} invalid combination(s) skipped" if p.skipped else "")
-          + f" x {len(exp.seeds)} seed(s), searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
+    print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {p.grid_points} grid point(s)"
+          + (f" ({p.skipped} invalid combination(s) skipped)" if p.skipped else "")
+          + f" x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
-    from tunetl.trial import model_in_channels
-
-    channels = model_in_channels(exp, p.task)
-    source_state = source_state_for(exp, storage_path / "cache", in_channels=channels) if _needs_source(p) else None
-    features = task_features(exp, p.task, source_state)
+    bundles = _bundles(p, storage_path)
     rn.init_ray(address, num_cpus=num_cpus)
     recorder = SearchRecorder(uri, exp.name)
-    kwargs = dict(
-        experiment=exp,
-        space=p.space,
-        task=p.task,
-        source_state=source_state,
-        source=source_description(exp),
-        features=features,
-    )
     if resume and run_dir is not None:
         parent = state["parent_run_id"]
         recorder.reopen_parent(parent)
-        tuner = rn.restore_tuner(run_dir, recorder=recorder.trial_logger(), **kwargs)
+        tuner = rn.restore_tuner(run_dir, exp, space=p.space, bundles=bundles, recorder=recorder.trial_logger())
     else:
         run_name = f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = storage_path / run_name
         parent = recorder.start_parent(_parent_params(exp, p), tags={"tunetl.storage": str(run_dir)})
         rn.write_state(run_dir, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                  "experiment": exp.name, "tracking_uri": uri})
-        tuner = rn.build_tuner(recorder=recorder.trial_logger(), storage=storage_path, run_name=run_name, **kwargs)
+        tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
+                               storage=storage_path, run_name=run_name)
     try:
         outcome = rn.fit(tuner, started, run_dir)
     except BaseException:
@@ -177,7 +198,7 @@ def run(
 def _parent_params(exp: ExperimentConfig, p: Plan) -> dict[str, Any]:
     return {
         "backbone": exp.backbone,
-        "dataset": p.task.name,
+        "dataset": p.task_names[:500],
         "search_space": exp.search_space_file or "inline",
         "searcher": exp.searcher.type,
         "scheduler": exp.scheduler.type,
@@ -271,6 +292,105 @@ def export(experiment: str | list[str], out: str | Path, tracking_uri: str | Non
     from tunetl.tracking import export_parquet
 
     return export_parquet(trials(experiment, tracking_uri), Path(out))
+
+
+def report(experiment: str | list[str], out: str | Path, tracking_uri: str | None = None,
+           curves: int = 5) -> Path:
+    """Plots and tables of an experiment's trials (learning curves of the `curves` best); returns index.md."""
+    from tunetl.report import write_report
+    from tunetl.tracking import metric_histories, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    frame = trials(experiment, uri)
+    done = frame[frame["status"] == "FINISHED"].sort_values("best_val_acc", ascending=False)
+    histories = metric_histories(list(done["run_id"].head(curves)), uri) if curves else None
+    names = experiment if isinstance(experiment, str) else ", ".join(experiment)
+    return write_report(frame, out, title=names, curves=histories)
+
+
+def source_spec(text: str | None) -> Any:
+    """`--source`: `imagenet`, a weights file, or a dataset to train a source on (builtin:NAME[...] or a folder)."""
+    from tunetl.config import SourceSpec
+    from tunetl.data import DatasetSpec
+
+    if text is None or text == "none":
+        return SourceSpec()
+    if text == "imagenet":
+        return SourceSpec(weights="imagenet")
+    path = Path(text)
+    if path.is_file():
+        return SourceSpec(weights_file=str(path.resolve()))
+    return SourceSpec(train_on=DatasetSpec.parse(text))
+
+
+def features(dataset: str, source: str | None = None, backbone: str = "smallcnn",
+             cache_dir: str | Path = ".tunetl_cache", images_per_label: int | None = None) -> dict[str, float]:
+    """`feature.*` of a target dataset for a source (training and caching a source model if asked)."""
+    from tunetl.data import DatasetSpec
+    from tunetl.meta.features import task_features
+    from tunetl.source import source_state_for
+    from tunetl.trial import model_in_channels
+
+    try:
+        spec = DatasetSpec.parse(dataset)
+    except ValueError as err:
+        raise ConfigError(f"--dataset {dataset!r}: {err}") from None
+    exp = ExperimentConfig(name="features", dataset=spec, source=source_spec(source), backbone=backbone,
+                           search_space={})
+    task = _load(spec, "--dataset")
+    state = source_state_for(exp, cache_dir, in_channels=model_in_channels(exp, task))
+    feats = task_features(exp, task, state)
+    counts = np.bincount(task.train.labels, minlength=len(task.class_names))
+    k = int(counts.min()) if images_per_label is None else min(images_per_label, int(counts.min()))
+    feats.update({"feature.images_per_label": float(k), "feature.num_train": float(k * len(counts))})
+    return feats
+
+
+def fit_regressor(
+    experiments: list[str], tracking_uri: str | None = None, register: str | None = None
+) -> tuple[Any, str, int | None, pd.DataFrame]:
+    """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow."""
+    from tunetl.meta.regressor import fit_meta_model, meta_dataset
+    from tunetl.tracking import resolve_tracking_uri
+    from tunetl.tracking.registry import log_meta_model
+
+    uri = resolve_tracking_uri(tracking_uri)
+    frame = trials(experiments, uri)
+    try:
+        meta = meta_dataset(frame)
+    except ValueError as err:
+        raise ConfigError(f"--experiment {', '.join(experiments)}: {err}") from None
+    if meta.empty:
+        raise ConfigError(
+            f"--experiment {', '.join(experiments)}: no task with a searched inner_lr, lr_scale or frozen_depth; "
+            "run an IL/LL, graduated or frozen-depth search first (e.g. experiments/meta_digits.yaml)"
+        )
+    model = fit_meta_model(meta, description=f"trained on {', '.join(experiments)}")
+    run_id, version = log_meta_model(model, uri, register=register, description=model.description)
+    return model, run_id, version, meta
+
+
+def predict(
+    dataset: str,
+    *,
+    source: str | None = None,
+    backbone: str = "smallcnn",
+    images_per_label: int | None = None,
+    model: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Recommended inner_lr, last_lr, lr_scale, frozen_depth for a new dataset from a registered meta-model."""
+    from tunetl.meta.predict import recommend
+    from tunetl.tracking import resolve_tracking_uri
+    from tunetl.tracking.registry import DEFAULT_MODEL_NAME, load_meta_model
+
+    uri = resolve_tracking_uri(tracking_uri)
+    meta_model, name, version = load_meta_model(model or DEFAULT_MODEL_NAME, uri)
+    feats = features(dataset, source, backbone, images_per_label=images_per_label)
+    try:
+        return recommend(meta_model, feats, name=name, version=version)
+    except ValueError as err:
+        raise ConfigError(f"--dataset {dataset}: {err}") from None
 
 
 def format_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:

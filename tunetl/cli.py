@@ -56,6 +56,37 @@ def _parser() -> argparse.ArgumentParser:
     _add_uri(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("report", help="plots and tables (PNG, Markdown, CSV, HTML) of an experiment")
+    p.add_argument("--experiment", required=True, action="append")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_uri(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("features", help="dataset features of a transfer task (sizes, LogME, LEEP, similarity)")
+    p.add_argument("--dataset", required=True, help="builtin:NAME, builtin:NAME[a,b,...] or an ImageFolder path")
+    p.add_argument("--source", help="imagenet, a weights file, or a dataset to train a source model on")
+    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--images-per-label", type=int, help="the subset size you will train on (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("fit-regressor", help="fit the meta-model (alpha, lr_scale, frozen depth) on recorded searches")
+    p.add_argument("--experiment", required=True, action="append", help="MLflow experiment name (repeatable)")
+    _add_uri(p)
+    p.add_argument("--register", help="register the model under this name (versioned); default tunetl-meta-model")
+    p.add_argument("--no-register", action="store_true", help="log the model without registering it")
+    p.set_defaults(func=cmd_fit_regressor)
+
+    p = sub.add_parser("predict", help="recommended learning rates and frozen depth for a new dataset")
+    p.add_argument("--dataset", required=True, help="builtin:NAME, builtin:NAME[a,b,...] or an ImageFolder path")
+    p.add_argument("--source", help="imagenet, a weights file, or a dataset to train a source model on")
+    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--images-per-label", type=int, help="the subset size you will train on (default: all)")
+    p.add_argument("--model", help="registered meta-model NAME, NAME@VERSION or NAME@alias (default: tunetl-meta-model)")
+    _add_uri(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("backbones", help="list the backbones and their stages")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
@@ -122,6 +153,57 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = api.export(args.experiment, args.out, args.tracking_uri)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    index = api.report(args.experiment, args.out, args.tracking_uri)
+    print(f"wrote {index} and {index.with_suffix('.html')}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    feats = api.features(args.dataset, args.source, args.backbone, images_per_label=args.images_per_label)
+    if args.json:
+        print(json.dumps({k: (None if v != v else v) for k, v in feats.items()}, indent=2))
+    else:
+        for key, value in feats.items():
+            print(f"{key:36s} {value:.6g}")
+    return 0
+
+
+def cmd_fit_regressor(args: argparse.Namespace) -> int:
+    from tunetl import api
+    from tunetl.tracking.registry import DEFAULT_MODEL_NAME
+
+    register = None if args.no_register else (args.register or DEFAULT_MODEL_NAME)
+    model, run_id, version, meta = api.fit_regressor(args.experiment, args.tracking_uri, register)
+    print(f"meta-dataset: {len(meta)} row(s) from {model.n_tasks} task(s); targets: {', '.join(model.targets)}")
+    if model.loto:
+        print("leave-one-task-out errors (and the constant-guess baseline):")
+        for key, value in sorted(model.loto.items()):
+            if not key.endswith(("_baseline", "_n")):
+                base = model.loto.get(f"{key}_baseline")
+                print(f"  {key:28s} {value:.3f}" + (f"   (baseline {base:.3f})" if base is not None else ""))
+    where = f"registered as {register} version {version}" if version else "not registered"
+    print(f"logged to MLflow run {run_id}; {where}")
+    if version:
+        print(f"Next: tunetl predict --dataset builtin:digits --model {register}@{version}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tunetl import api
+    from tunetl.meta.predict import format_recommendation
+
+    result = api.predict(args.dataset, source=args.source, backbone=args.backbone,
+                         images_per_label=args.images_per_label, model=args.model,
+                         tracking_uri=args.tracking_uri)
+    print(json.dumps(result, indent=2) if args.json else format_recommendation(result))
     return 0
 
 

@@ -64,6 +64,8 @@ class TrainingConfig(_Strict):
     image_size: int | None = Field(default=None, ge=8)
     hidden: int = Field(default=512, ge=1)
     dropout: float = Field(default=0.3, ge=0, lt=1)
+    #: Seconds between trial checkpoints (and always after the last epoch); 0 = every epoch.
+    checkpoint_interval_s: float = Field(default=30.0, ge=0)
 
 
 class SchedulerConfig(_Strict):
@@ -96,9 +98,18 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(default=0, ge=0)
 
 
+class TaskSpec(_Strict):
+    """One transfer task of a multi-task experiment: a target dataset and where its weights come from."""
+
+    dataset: DatasetSpec
+    source: SourceSpec | None = None
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
-    dataset: DatasetSpec
+    dataset: DatasetSpec | None = None
+    #: Several target tasks swept in one search (meta-learning data); replaces `dataset`.
+    tasks: list[TaskSpec] | None = Field(default=None, min_length=1)
     source: SourceSpec = SourceSpec()
     backbone: str = "smallcnn"
     search_space: dict[str, Any]
@@ -112,6 +123,21 @@ class ExperimentConfig(_Strict):
     search_space_file: str | None = None
     #: Where the experiment came from; relative paths in it are resolved against its folder.
     source_file: str | None = None
+
+    @model_validator(mode="after")
+    def _dataset_or_tasks(self) -> ExperimentConfig:
+        if (self.dataset is None) == (self.tasks is None):
+            raise ValueError("give exactly one of dataset (one target task) or tasks (a list of them)")
+        return self
+
+    def task_experiments(self) -> list[ExperimentConfig]:
+        """One single-task experiment per target task (the task's source, else the shared one)."""
+        if self.tasks is None:
+            return [self]
+        return [
+            self.model_copy(update={"dataset": t.dataset, "source": t.source or self.source, "tasks": None})
+            for t in self.tasks
+        ]
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the search's results (for resume checks and caching)."""
@@ -212,9 +238,13 @@ def load_experiment(
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Dataset folders and weight files are relative to the experiment file, like the search space."""
-    for holder in (raw.get("dataset"), (raw.get("source") or {}).get("train_on")):
-        if isinstance(holder, dict) and isinstance(holder.get("path"), str):
-            holder["path"] = str((base / holder["path"]).resolve())
-    src = raw.get("source")
-    if isinstance(src, dict) and isinstance(src.get("weights_file"), str):
-        src["weights_file"] = str((base / src["weights_file"]).resolve())
+    holders = [raw]
+    if isinstance(raw.get("tasks"), list):
+        holders += [t for t in raw["tasks"] if isinstance(t, dict)]
+    for holder in holders:
+        src = holder.get("source") if isinstance(holder.get("source"), dict) else {}
+        for spec in (holder.get("dataset"), src.get("train_on")):
+            if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+                spec["path"] = str((base / spec["path"]).resolve())
+        if isinstance(src.get("weights_file"), str):
+            src["weights_file"] = str((base / src["weights_file"]).resolve())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def train_source(
         print(
             f"[tunetl] source model: {experiment.backbone} on {runner.task.name}, {src.epochs} epochs, "
             f"val_acc {m.val_acc:.3f} -> {path}",
+            file=sys.stderr,
             flush=True,
         )
     cache.mkdir(parents=True, exist_ok=True)

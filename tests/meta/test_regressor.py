@@ -344,13 +344,17 @@ def test_state_round_trip_keeps_the_table(meta: pd.DataFrame) -> None:
 def test_recommend_is_json_and_readable(meta: pd.DataFrame) -> None:
     model = fit_meta_model(meta, kind="knn")
     result = recommend(
-        model, {**_features(1000.0, 0.4), "feature.logme": math.nan}, name="lr", version=2
+        model,
+        {**_features(1000.0, 0.4), "feature.logme": math.nan, "feature.leep": None},
+        name="lr",
+        version=2,
     )
     text = json.dumps(result, allow_nan=False)
     assert json.loads(text)["recommendation"]["last_lr"] == pytest.approx(0.1)
     assert result["recommendation"]["lr_scale"] is None
     assert result["model"]["name"] == "lr" and result["model"]["version"] == "2"
     assert result["features"]["feature.logme"] is None
+    assert result["features"]["feature.leep"] is None
     shown = format_recommendation(result)
     assert "lr version 2" in shown
     assert "EXTRAPOLATION" in shown and "feature.images_per_label = 1000" in shown

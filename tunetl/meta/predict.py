@@ -77,7 +77,9 @@ def recommend(
             "leave_one_task_out": {k: _number(v) for k, v in (model.loto or {}).items()},
         },
         "features": {
-            k: _number(float(v)) for k, v in sorted(features.items()) if k.startswith("feature.")
+            k: _number(None if v is None else float(v))
+            for k, v in sorted(features.items())
+            if k.startswith("feature.")
         },
     }
 

@@ -18,9 +18,8 @@ from typing import Any
 from ray import tune
 
 from tunetl.config import ExperimentConfig
-from tunetl.data import TaskData
 from tunetl.search.space import SearchSpace
-from tunetl.search.trainable import TrialRecorder, run_trial
+from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
 from tunetl.search.tune_space import GroupKey, OptunaSpace, grid_param_space
 
 STATE_FILE = "tunetl_search.json"
@@ -110,10 +109,7 @@ def build_tuner(
     experiment: ExperimentConfig,
     space: SearchSpace,
     *,
-    task: TaskData,
-    source_state: Any,
-    source: str,
-    features: dict[str, float],
+    bundles: list[TaskBundle],
     recorder: TrialRecorder | None,
     storage: Path,
     run_name: str,
@@ -125,16 +121,7 @@ def build_tuner(
 
     from tunetl.search.schedulers import GroupedASHA
 
-    trainable = tune.with_parameters(
-        run_trial,
-        experiment=experiment,
-        space=space,
-        task=task,
-        source_state=source_state,
-        source=source,
-        features=features,
-        recorder=recorder,
-    )
+    trainable = tune.with_parameters(run_trial, space=space, bundles=bundles, recorder=recorder)
     res = experiment.resources
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
     epochs = experiment.training.epochs
@@ -157,7 +144,7 @@ def build_tuner(
         import optuna
 
         searcher: Any = OptunaSearch(
-            space=OptunaSpace(space),
+            space=OptunaSpace(space, len(bundles)),
             sampler=optuna.samplers.TPESampler(seed=experiment.searcher.seed),
             metric="best_val_acc",
             mode="max",
@@ -168,7 +155,7 @@ def build_tuner(
         num_samples = experiment.searcher.num_samples * len(seeds)
     else:
         searcher = None
-        param_space = grid_param_space(space, seeds)
+        param_space = grid_param_space(space, seeds, len(bundles))
         num_samples = experiment.searcher.num_samples
     callbacks = [MlflowFinalizer(recorder, epochs)] if recorder is not None else []
     return tune.Tuner(
@@ -180,7 +167,7 @@ def build_tuner(
             scheduler=scheduler,
             search_alg=searcher,
             num_samples=num_samples,
-            reuse_actors=False,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_name,
@@ -221,12 +208,10 @@ def fit(tuner: Any, started: float, path: Path) -> SearchOutcome:
     )
 
 
-def restore_tuner(path: Path, **kwargs: Any) -> Any:
-    from ray import tune
-
+def restore_tuner(path: Path, experiment: ExperimentConfig, **kwargs: Any) -> Any:
     trainable = tune.with_parameters(run_trial, **kwargs)
-    exp: ExperimentConfig = kwargs["experiment"]
-    trainable = tune.with_resources(trainable, {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu})
+    res = experiment.resources
+    trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
     if not tune.Tuner.can_restore(str(path)):
         raise SearchError(f"{path} holds no resumable Tune state; run without --resume to start a new search")
     return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

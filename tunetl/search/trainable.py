@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +26,18 @@ from tunetl.search.tune_space import trial_params, trial_seed
 from tunetl.trial import EpochMetrics, TrialRunner, pick_device
 
 CHECKPOINT_FILE = "trial.pt"
+TASK = "_task"
+
+
+@dataclass
+class TaskBundle:
+    """What trials of one target task share: loaded once on the driver, sent once through Ray."""
+
+    experiment: ExperimentConfig
+    task: TaskData
+    source_state: dict[str, torch.Tensor] | None
+    source: str
+    features: dict[str, float]
 
 
 class TrialRecorder(Protocol):
@@ -65,15 +79,15 @@ def logged_params(
 def run_trial(
     config: dict[str, Any],
     *,
-    experiment: ExperimentConfig,
     space: SearchSpace,
-    task: TaskData,
-    source_state: dict[str, torch.Tensor] | None,
-    source: str,
-    features: dict[str, float],
+    bundles: list[TaskBundle],
     recorder: TrialRecorder | None,
 ) -> None:
     from ray import tune
+
+    bundle = bundles[int(config.get(TASK, 0))]
+    experiment, task, source_state = bundle.experiment, bundle.task, bundle.source_state
+    source, features = bundle.source, bundle.features
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id() or "local"
@@ -102,13 +116,18 @@ def run_trial(
         run_params.update(_trial_features(runner, features))
         run_id = recorder.start(run_params, tags={**_node_tags(trial_id), "mlflow.runName": trial_label(runner)})
     epochs = experiment.training.epochs
+    interval = experiment.training.checkpoint_interval_s
+    last_checkpoint = time.monotonic()
     try:
         while runner.epoch < epochs:
             m = runner.run_epoch()
             diverged = not math.isfinite(m.train_loss)
             if recorder is not None and run_id is not None:
                 recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
-            _report(runner, m, run_id, diverged)
+            save = diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
+            _report(runner, m, run_id, diverged, save)
+            if save:
+                last_checkpoint = time.monotonic()
             if diverged:
                 break
         if recorder is not None and run_id is not None:
@@ -140,7 +159,8 @@ def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 
-def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool) -> None:
+def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool) -> None:
+    """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot)."""
     from ray import tune
 
     metrics: dict[str, Any] = {
@@ -152,6 +172,9 @@ def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: 
         "mlflow_run_id": run_id or "",
         "trial": trial_label(runner),
     }
+    if not save:
+        tune.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as d:
         torch.save({**runner.state_dict(), "run_id": run_id or ""}, Path(d) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -11,7 +11,7 @@ from typing import Any
 
 from tunetl.search.space import Dist, SearchSpace
 
-POINT, CONDITION, SEED, TRIAL_INDEX = "_point", "_condition", "seed", "__trial_index__"
+POINT, CONDITION, SEED, TRIAL_INDEX, TASK = "_point", "_condition", "seed", "__trial_index__", "_task"
 
 
 def _primitive(values: tuple[Any, ...]) -> bool:
@@ -32,11 +32,12 @@ def _tune_domain(d: Dist) -> Any:
     raise ValueError(f"no Tune domain for {d.kind}")
 
 
-def grid_param_space(space: SearchSpace, seeds: list[int]) -> dict[str, Any]:
+def grid_param_space(space: SearchSpace, seeds: list[int], num_tasks: int = 1) -> dict[str, Any]:
     from ray import tune
 
     points, _ = space.grid_points()
-    param_space: dict[str, Any] = {
+    param_space: dict[str, Any] = {TASK: tune.grid_search(list(range(num_tasks)))} if num_tasks > 1 else {}
+    param_space |= {
         POINT: tune.grid_search(list(range(len(points)))),
         SEED: tune.grid_search(list(seeds)),
     }
@@ -54,12 +55,15 @@ class OptunaSpace:
     Optuna categorical values, and invalid depth pairs are already filtered out of the points.
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, num_tasks: int = 1) -> None:
         self.space = space
+        self.num_tasks = num_tasks
         self.points, _ = space.grid_points()
         self.conditions = space.conditions if space.conditions_kind == "choice" else None
 
     def __call__(self, trial: Any) -> None:
+        if self.num_tasks > 1:
+            trial.suggest_categorical(TASK, list(range(self.num_tasks)))
         point: dict[str, Any] = {}
         if len(self.points) > 1:
             point = self.points[trial.suggest_categorical(POINT, list(range(len(self.points))))]
@@ -84,14 +88,14 @@ class OptunaSpace:
 
 
 class GroupKey:
-    """The values of `keys` in a trial's parameters: ASHA's comparison group (picklable)."""
+    """The task and the values of `keys` in a trial's parameters: ASHA's comparison group (picklable)."""
 
     def __init__(self, space: SearchSpace, keys: list[str]) -> None:
         self.space, self.keys = space, list(keys)
 
     def __call__(self, config: dict[str, Any]) -> tuple[str, ...]:
         params = trial_params(self.space, config)
-        return tuple(str(params.get(k)) for k in self.keys)
+        return (str(config.get(TASK, 0)), *(str(params.get(k)) for k in self.keys))
 
 
 def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:

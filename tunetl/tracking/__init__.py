@@ -4,7 +4,7 @@ This is the only package that imports mlflow, and it does so inside functions: i
 `tunetl.tracking` stays cheap.
 """
 
-from tunetl.tracking.query import best_configs, export_parquet, load_trials
+from tunetl.tracking.query import best_configs, export_parquet, load_trials, metric_histories
 from tunetl.tracking.recorder import SearchRecorder
 from tunetl.tracking.trial_logger import TrialLogger
 from tunetl.tracking.uri import (
@@ -23,5 +23,6 @@ __all__ = [
     "check_tracking",
     "export_parquet",
     "load_trials",
+    "metric_histories",
     "resolve_tracking_uri",
 ]

@@ -273,3 +273,18 @@ def export_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
         safe[col] = _arrow_safe(safe[col])
     safe.to_parquet(out, engine="pyarrow", index=False)
     return out
+
+
+def metric_histories(
+    run_ids: list[str], tracking_uri: str, metrics: tuple[str, ...] = ("val_acc", "train_acc")
+) -> dict[str, pd.DataFrame]:
+    """Per-epoch curves (columns step + each metric) of a few runs, for learning-curve plots."""
+    import pandas as pd
+
+    client = client_for(tracking_uri)
+    out = {}
+    for run_id in run_ids:
+        series = {m: {h.step: h.value for h in client.get_metric_history(run_id, m)} for m in metrics}
+        steps = sorted(set().union(*[s.keys() for s in series.values()]))
+        out[run_id] = pd.DataFrame({"step": steps, **{m: [series[m].get(s) for s in steps] for m in metrics}})
+    return out

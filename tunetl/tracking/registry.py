@@ -30,9 +30,10 @@ from tunetl.tracking.trial_logger import client_for, log_params
 from tunetl.tracking.uri import TrackingError, redact
 
 if TYPE_CHECKING:
-    from tunetl.meta.regressor import MetaModel
 
 DEFAULT_EXPERIMENT = "tunetl-meta-models"
+#: The name `fit-regressor` registers under and `predict` loads when none is given.
+DEFAULT_MODEL_NAME = "tunetl-meta-model"
 MODEL_NAME_IN_RUN = "meta_model"
 TABLE_ARTIFACT = "meta_dataset.csv"
 #: Non-default types skops may rebuild from a meta-model file (sklearn/numpy basics are built in).
@@ -272,7 +273,6 @@ def load_meta_model(
     from mlflow.models import Model
     from skops.io.exceptions import UntrustedTypesFoundException
 
-    from tunetl.meta.regressor import MetaModel
 
     name, ref = parse_model_ref(name_or_uri, version)
     client = client_for(tracking_uri)
@@ -317,6 +317,6 @@ def load_meta_model(
                 f"{shown} could not be loaded safely ({type(exc).__name__}: {exc}); refit it with "
                 "`tunetl fit-regressor --register NAME`"
             ) from None
-    if not isinstance(model, MetaModel):
+    if f"{type(model).__module__}.{type(model).__qualname__}" != TRUSTED_TYPES[0]:
         raise TrackingError(f"{shown} holds a {type(model).__name__}, not a tunetl MetaModel")
     return model, name, int(mv.version)
