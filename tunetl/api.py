@@ -6,6 +6,7 @@ each of those layers stays independent of the others.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -178,8 +179,12 @@ def run(
         parent = recorder.start_parent(_parent_params(exp, p), tags={"tunetl.storage": str(run_dir)})
         rn.write_state(run_dir, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                  "experiment": exp.name, "tracking_uri": uri})
+        warm = _warm_start(p, bundles, uri)
+        if warm:
+            recorder_tags = {f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)}
+            recorder.set_parent_tags(recorder_tags)
         tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                               storage=storage_path, run_name=run_name)
+                               storage=storage_path, run_name=run_name, warm_start=warm)
     try:
         outcome = rn.fit(tuner, started, run_dir)
     except BaseException:
@@ -193,6 +198,27 @@ def run(
     )
     return RunSummary(exp.name, parent, uri, run_dir, outcome.num_trials, failed,
                       time.perf_counter() - started, best)
+
+
+def _warm_start(p: Plan, bundles: list[Any], uri: str) -> list[dict[str, Any]] | None:
+    """`searcher.warm_start: MODEL`: the meta-model's recommendation per task, as Optuna's first points."""
+    name = p.experiment.searcher.warm_start
+    if not name:
+        return None
+    from tunetl.meta.predict import recommend, subset_features
+    from tunetl.search.space import _values_of
+    from tunetl.search.tune_space import warm_start_point
+    from tunetl.tracking.registry import load_meta_model
+
+    model, model_name, version = load_meta_model(name, uri)
+    sizes = [v for v in _values_of(p.space, "images_per_label") if isinstance(v, int)]
+    points = []
+    for i, bundle in enumerate(bundles):
+        feats = subset_features(bundle.features, min(sizes) if sizes else None)
+        rec = recommend(model, feats, name=model_name, version=version)["recommendation"]
+        points.append(warm_start_point(p.space, rec, task=i if len(bundles) > 1 else None))
+    print(f"[tunetl] warm start from {model_name} version {version}: {points}", flush=True)
+    return points
 
 
 def _parent_params(exp: ExperimentConfig, p: Plan) -> dict[str, Any]:

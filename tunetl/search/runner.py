@@ -113,6 +113,7 @@ def build_tuner(
     recorder: TrialRecorder | None,
     storage: Path,
     run_name: str,
+    warm_start: list[dict[str, Any]] | None = None,
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -145,6 +146,7 @@ def build_tuner(
 
         searcher: Any = OptunaSearch(
             space=OptunaSpace(space, len(bundles)),
+            points_to_evaluate=warm_start or None,
             sampler=optuna.samplers.TPESampler(seed=experiment.searcher.seed),
             metric="best_val_acc",
             mode="max",

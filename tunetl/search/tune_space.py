@@ -7,6 +7,7 @@ into the trial's parameters.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tunetl.search.space import Dist, SearchSpace
@@ -96,6 +97,39 @@ class GroupKey:
     def __call__(self, config: dict[str, Any]) -> tuple[str, ...]:
         params = trial_params(self.space, config)
         return (str(config.get(TASK, 0)), *(str(params.get(k)) for k in self.keys))
+
+
+def _distance(key: str, a: Any, b: Any) -> float:
+    """Gap between two values of a parameter: in log10 for learning rates (0 sits one decade below)."""
+    if a is None or b is None:
+        return 0.0
+    if key in ("inner_lr", "last_lr", "base_lr", "lr_scale"):
+        la = math.log10(a) if a > 0 else -9.0
+        lb = math.log10(b) if b > 0 else -9.0
+        return abs(la - lb)
+    return abs(float(a) - float(b))
+
+
+def warm_start_point(space: SearchSpace, recommendation: dict[str, Any], task: int | None = None) -> dict[str, Any]:
+    """An Optuna first point close to a meta-model's recommendation, expressed in `OptunaSpace` names."""
+    rec = {k: v for k, v in recommendation.items() if v is not None}
+    point: dict[str, Any] = {} if task is None else {TASK: task}
+    points, _ = space.grid_points()
+    if len(points) > 1:
+        point[POINT] = min(
+            range(len(points)),
+            key=lambda i: sum(_distance(k, points[i].get(k), v) for k, v in rec.items() if k in points[i]),
+        )
+    for key, d in space.random_dims().items():
+        if key not in rec:
+            continue
+        if d.kind in ("uniform", "loguniform"):
+            point[key] = float(min(max(rec[key], d.low), d.high))
+        elif d.kind == "randint":
+            point[key] = int(min(max(round(rec[key]), d.low), d.high))
+        elif d.kind == "choice" and _primitive(d.values):
+            point[key] = min(d.values, key=lambda v: _distance(key, v, rec[key]))
+    return point
 
 
 def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:

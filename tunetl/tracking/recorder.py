@@ -65,6 +65,13 @@ class SearchRecorder:
         client.update_run(run_id, status="RUNNING")
         self.parent_run_id = run_id
 
+    def set_parent_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        client_for(self.tracking_uri).log_batch(
+            self._require_parent(), tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()]
+        )
+
     def end_parent(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> None:
         """Log the search summary (e.g. trial counts, best accuracy) and end the parent run."""
         run_id = self._require_parent()

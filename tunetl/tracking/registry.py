@@ -30,6 +30,7 @@ from tunetl.tracking.trial_logger import client_for, log_params
 from tunetl.tracking.uri import TrackingError, redact
 
 if TYPE_CHECKING:
+    from tunetl.meta.regressor import MetaModel
 
 DEFAULT_EXPERIMENT = "tunetl-meta-models"
 #: The name `fit-regressor` registers under and `predict` loads when none is given.
