@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from tunetl.tracking.trial_logger import (
@@ -15,6 +16,16 @@ from tunetl.tracking.trial_logger import (
 from tunetl.tracking.uri import TrackingError, redact
 
 
+def _artifact_root(tracking_uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database (`<db dir>/mlartifacts/<name>`), not in
+    `./mlruns` of whatever folder the first run happened to start in."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+
 def get_or_create_experiment(tracking_uri: str, name: str) -> str:
     """Id of the active experiment `name`, created if missing (a concurrent creator is tolerated)."""
     from mlflow.exceptions import MlflowException
@@ -23,7 +34,7 @@ def get_or_create_experiment(tracking_uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return str(client.create_experiment(name))
+            return str(client.create_experiment(name, artifact_location=_artifact_root(tracking_uri, name)))
         except MlflowException:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:

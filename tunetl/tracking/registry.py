@@ -78,6 +78,25 @@ def _save_local(model: MetaModel, path: Path, mlflow_model: Any) -> None:
     )
 
 
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's SQLite model registry resolves `models:/m-...` through the *global* tracking store,
+    not the client's; point it at `uri` for the call and restore what was there (no leak)."""
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if before_env is None else before_env
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
+
+
 def _register(client: Any, name: str, run_id: str, model_id: str, description: str) -> int:
     from mlflow.exceptions import MlflowException
 
@@ -166,7 +185,11 @@ def log_meta_model(
             _save_local(model, local, mlflow_model)
             client.log_model_artifacts(logged.model_id, str(local))
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        version = _register(client, register, run_id, logged.model_id, text) if register else None
+        if register:
+            with _global_tracking_uri(tracking_uri):
+                version = _register(client, register, run_id, logged.model_id, text)
+        else:
+            version = None
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -288,6 +311,7 @@ def load_meta_model(
                         artifact_uri=f"{source.rstrip('/')}/{f}",
                         dst_path=tmp,
                         tracking_uri=tracking_uri,
+                        registry_uri=tracking_uri,
                     )
                 )
                 for f in ("MLmodel", _SKOPS_FILE)
