@@ -58,4 +58,4 @@ class GroupedASHA(FIFOScheduler):
         self._scheduler(trial).on_trial_error(tune_controller, trial)
 
     def debug_string(self) -> str:
-        return "\n".join(f"ASHA group {k}: {s.debug_string()}" for k, s in self._groups.items())
+        return "\n".join(f"ASHA [{', '.join(map(str, k))}]: {s.debug_string()}" for k, s in self._groups.items())

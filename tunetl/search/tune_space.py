@@ -96,7 +96,8 @@ class GroupKey:
 
     def __call__(self, config: dict[str, Any]) -> tuple[str, ...]:
         params = trial_params(self.space, config)
-        return (str(config.get(TASK, 0)), *(str(params.get(k)) for k in self.keys))
+        task = (f"task={config[TASK]}",) if TASK in config else ()
+        return (*task, *(f"{k}={params.get(k)}" for k in self.keys))
 
 
 def _distance(key: str, a: Any, b: Any) -> float:
