@@ -38,7 +38,10 @@ def _free_port() -> int:
 
 def _healthy(uri: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+        # The server is local: never through a proxy (urlopen's global opener caches the proxy
+        # variables of its first use, which another test may have pointed at a closed port).
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(f"{uri}/health", timeout=2) as response:
             return bool(response.status == 200)
     except OSError:
         return False

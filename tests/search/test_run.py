@@ -34,7 +34,7 @@ def ray_local():  # type: ignore[no-untyped-def]
 
 
 def _small(*extra: str) -> list[str]:
-    return ["training.epochs=2", "source.epochs=3", "scheduler.type=none", *extra]
+    return ["training.epochs=2", "source.epochs=3", "scheduler.type=none", "seeds=[0]", *extra]
 
 
 def test_grid_search_records_every_trial_once(tmp_path: Path, sqlite_uri: str) -> None:
@@ -63,7 +63,8 @@ def test_grid_search_records_every_trial_once(tmp_path: Path, sqlite_uri: str) -
 
 
 def test_asha_stops_some_trials_and_tags_them(tmp_path: Path, sqlite_uri: str) -> None:
-    over = ["training.epochs=6", "source.epochs=3", "scheduler={type: asha, grace_period: 1, reduction_factor: 3}",
+    over = ["training.epochs=6", "source.epochs=3", "seeds=[0]",
+            "scheduler={type: asha, grace_period: 1, reduction_factor: 3}",
             "search_space={frozen_depth: 0, transfer_depth: 0, base_lr: {grid: [0.05, 0.01, 0.003, 0.001, 0.0003, 0.0001]}, images_per_label: 10}"]
     summary = api.run(QUICK, overrides=over, tracking_uri=sqlite_uri, storage=tmp_path / "runs")
     frame = load_trials("quickstart", sqlite_uri)

@@ -49,8 +49,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Each trial checkpoints every epoch by design (resume loses at most one epoch); Tune's warning
     # about the resulting state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -160,6 +158,8 @@ def build_tuner(
         param_space = grid_param_space(space, seeds, len(bundles))
         num_samples = experiment.searcher.num_samples
     callbacks = [MlflowFinalizer(recorder, epochs)] if recorder is not None else []
+    # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
         trainable,
         param_space=param_space,

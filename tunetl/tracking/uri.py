@@ -84,7 +84,8 @@ def _auth_header(uri: str) -> dict[str, str]:
 
 def _get(url: str, headers: dict[str, str], timeout_s: float) -> int:
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    # A fresh opener reads the proxy settings now; urlopen's global one keeps those of its first call.
+    with urllib.request.build_opener().open(request, timeout=timeout_s) as response:
         return int(response.status)
 
 
