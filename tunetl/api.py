@@ -108,9 +108,9 @@ def plan(
 
 
 def _needs_source(p: Plan) -> bool:
-    from tunetl.search.space import _values_of
+    from tunetl.search.space import values_of
 
-    depths = _values_of(p.space, "transfer_depth")
+    depths = values_of(p.space, "transfer_depth")
     return not depths or any(d is None or d > 0 for d in depths)
 
 
@@ -166,8 +166,9 @@ def run(
           + (f" ({p.skipped} invalid combination(s) skipped)" if p.skipped else "")
           + f" x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
-    bundles = _bundles(p, storage_path)
     rn.init_ray(address, num_cpus=num_cpus)
+    rn.check_resources(exp)
+    bundles = _bundles(p, storage_path)
     recorder = SearchRecorder(uri, exp.name)
     if resume and run_dir is not None:
         parent = state["parent_run_id"]
@@ -206,12 +207,12 @@ def _warm_start(p: Plan, bundles: list[Any], uri: str) -> list[dict[str, Any]] |
     if not name:
         return None
     from tunetl.meta.predict import recommend, subset_features
-    from tunetl.search.space import _values_of
+    from tunetl.search.space import values_of
     from tunetl.search.tune_space import warm_start_point
     from tunetl.tracking.registry import load_meta_model
 
     model, model_name, version = load_meta_model(name, uri)
-    sizes = [v for v in _values_of(p.space, "images_per_label") if isinstance(v, int)]
+    sizes = [v for v in values_of(p.space, "images_per_label") if isinstance(v, int)]
     points = []
     for i, bundle in enumerate(bundles):
         feats = subset_features(bundle.features, min(sizes) if sizes else None)

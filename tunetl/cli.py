@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="imagenet, a weights file, or a dataset to train a source model on")
     p.add_argument("--backbone", default="smallcnn")
     p.add_argument("--images-per-label", type=int, help="the subset size you will train on (default: all)")
-    p.add_argument("--model", help="registered meta-model NAME, NAME@VERSION or NAME@alias (default: tunetl-meta-model)")
+    p.add_argument("--model", help="registered meta-model NAME, NAME@VERSION or NAME@alias "
+                   "(default: tunetl-meta-model)")
     _add_uri(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -123,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else EXIT_FAILED
 
 
-def _best_text(frame: "pd.DataFrame", varying: list[str] | None = None) -> str:
+def _best_text(frame: pd.DataFrame, varying: list[str] | None = None) -> str:
     """The best-config table, showing only parameters that took several values (all when unknown)."""
     from tunetl import api
 
@@ -221,10 +222,10 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from tunetl.config import ConfigError
-
     from tunetl.models.weights import WeightsError
+    from tunetl.search.runner import SearchError
 
-    errors: list[type[BaseException]] = [ConfigError, WeightsError]
+    errors: list[type[BaseException]] = [ConfigError, WeightsError, SearchError]
     try:
         from tunetl.tracking import TrackingError, TrackingUnavailable
 
@@ -244,8 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"tunetl: error: {err}", file=sys.stderr)
         from tunetl.models.weights import WeightsError
+        from tunetl.search.runner import SearchError
 
-        return EXIT_INVALID if isinstance(err, (ConfigError, WeightsError)) else EXIT_FAILED
+        return EXIT_INVALID if isinstance(err, (ConfigError, WeightsError, SearchError)) else EXIT_FAILED
     except FileNotFoundError as err:
         print(f"tunetl: error: {err}", file=sys.stderr)
         return EXIT_INVALID

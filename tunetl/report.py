@@ -34,6 +34,7 @@ from tunetl.meta.analysis import (
     scale_summary,
     scale_table,
 )
+from tunetl.params import SEARCH_PARAMS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -71,18 +72,7 @@ OUTPUT_FILES: tuple[str, ...] = (
 )
 _TOP_COLS = (
     "run_id",
-    "condition",
-    "transfer_depth",
-    "frozen_depth",
-    "images_per_label",
-    "base_lr",
-    "inner_lr",
-    "last_lr",
-    "stage_multipliers",
-    "lr_scale",
-    "head",
-    "activation",
-    "optimizer",
+    *(k for k in SEARCH_PARAMS if k != "augment"),
     "seed",
     "dataset",
     "source",
@@ -289,31 +279,18 @@ def _log_axis(ax: Axes, values: Sequence[float], axis: str = "x") -> Callable[[f
     (ax.set_xlim if axis == "x" else ax.set_ylim)(start / margin, hi * margin)
     if has_zero:
         brk = math.sqrt(zero_at * lo)
-        if axis == "x":
-            ax.text(
-                brk,
-                0,
-                "//",
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                va="center",
-                fontsize=11,
-                backgroundcolor="white",
-                clip_on=False,
-            )
-        else:
-            ax.text(
-                0,
-                brk,
-                "//",
-                transform=ax.get_yaxis_transform(),
-                ha="center",
-                va="center",
-                fontsize=11,
-                backgroundcolor="white",
-                clip_on=False,
-                rotation=90,
-            )
+        on_x = axis == "x"
+        ax.text(
+            *((brk, 0) if on_x else (0, brk)),
+            "//",
+            transform=ax.get_xaxis_transform() if on_x else ax.get_yaxis_transform(),
+            ha="center",
+            va="center",
+            fontsize=11,
+            backgroundcolor="white",
+            clip_on=False,
+            rotation=0 if on_x else 90,
+        )
     return lambda v: zero_at if v == 0 else float(v)
 
 

@@ -108,7 +108,8 @@ class TrialRunner:
         self._train_cache = self._resident(self.task.train, self.train_idx, self.train_start)
         if self._train_cache is None:
             self.train_start = 0  # too big to keep: every epoch streams raw images through all stages
-        self._val_cache = self._resident(self.task.val, np.arange(len(self.task.val)), self.frozen_prefix if cache_prefix else 0)
+        val_stage = self.frozen_prefix if cache_prefix else 0
+        self._val_cache = self._resident(self.task.val, np.arange(len(self.task.val)), val_stage)
         self.val_start = self.frozen_prefix if (cache_prefix and self._val_cache is not None) else 0
 
     @property

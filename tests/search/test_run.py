@@ -139,6 +139,20 @@ def test_invalid_input_exits_non_zero_naming_the_key_and_creates_no_run(
     assert not (tmp_path / "r").exists()
 
 
+def test_gpu_request_on_a_cpu_cluster_fails_before_any_trial(
+    tmp_path: Path, sqlite_uri: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["run", QUICK, "--tracking-uri", sqlite_uri, "--storage", str(tmp_path / "r"),
+                 "--set", "resources.gpu=1"])
+    assert code == 2
+    assert "resources.gpu: each trial asks for 1 GPU(s) but no node of the Ray cluster has more than 0" in \
+        capsys.readouterr().err
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
 def test_two_searches_do_not_leak(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     one = "search_space={transfer_depth: 0, images_per_label: 5}"
     api.run(QUICK, overrides=_small(one), name="first", tracking_uri=sqlite_uri, storage=tmp_path / "r")

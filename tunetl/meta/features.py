@@ -61,7 +61,9 @@ def _forward(model: StagedModel, task: TaskData, idx: np.ndarray, pre: Preproces
              bn_hooks: bool) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Penultimate features, softmax outputs, and per-BN-layer similarity to the stored statistics."""
     bns = [m for m in model.stages.modules() if isinstance(m, nn.BatchNorm2d)] if bn_hooks else []
-    sums: dict[int, list[torch.Tensor]] = {i: [torch.zeros(0), torch.zeros(0), torch.zeros(())] for i in range(len(bns))}
+    sums: dict[int, list[torch.Tensor]] = {
+        i: [torch.zeros(0), torch.zeros(0), torch.zeros(())] for i in range(len(bns))
+    }
 
     def hook(i: int) -> Any:
         def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -87,7 +89,8 @@ def _forward(model: StagedModel, task: TaskData, idx: np.ndarray, pre: Preproces
         mu_t = s / n
         var_t = (s2 / n - mu_t**2).clamp_min(1e-8)
         mu_s, var_s = bn.running_mean.double(), bn.running_var.double().clamp_min(1e-8)
-        db = 0.25 * (mu_s - mu_t) ** 2 / (var_s + var_t) + 0.5 * torch.log((var_s + var_t) / (2 * torch.sqrt(var_s * var_t)))
+        pooled = var_s + var_t
+        db = 0.25 * (mu_s - mu_t) ** 2 / pooled + 0.5 * torch.log(pooled / (2 * torch.sqrt(var_s * var_t)))
         coeffs.append(float(torch.exp(-db).mean()))
     return np.concatenate(feats), np.concatenate(probs), coeffs
 

@@ -59,6 +59,28 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
+def check_resources(experiment: ExperimentConfig) -> None:
+    """Fail before any trial when no node of the cluster can ever run one (it would stay PENDING)."""
+    import ray
+
+    res = experiment.resources
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes if n.get("CPU", 0) >= res.cpu and n.get("GPU", 0) >= res.gpu]
+    if fits:
+        return
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if res.gpu > gpus:
+        raise SearchError(
+            f"resources.gpu: each trial asks for {res.gpu:g} GPU(s) but no node of the Ray cluster has more "
+            f"than {gpus:g}; set resources.gpu: 0 (--set resources.gpu=0) or join a GPU cluster with --address"
+        )
+    raise SearchError(
+        f"resources.cpu: each trial asks for {res.cpu:g} CPU(s) but no node of the Ray cluster has more than "
+        f"{cpus:g}; lower resources.cpu (--set resources.cpu=1)"
+    )
+
+
 class MlflowFinalizer(tune.Callback):
     """Closes child runs the trial itself could not close: stopped by ASHA, or failed.
 

@@ -9,7 +9,6 @@ searcher.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +203,7 @@ def _parse_conditions(spec: Any, where: str) -> tuple[list[dict[str, Any]], str]
     return conds, kind
 
 
-def _values_of(space: SearchSpace, key: str) -> list[Any]:
+def values_of(space: SearchSpace, key: str) -> list[Any]:
     """Every value a key can take in the space (conditions included); [] when it is never set."""
     vals: list[Any] = []
     if key in space.fixed:
@@ -229,24 +228,24 @@ def check_space(
 ) -> None:
     """Checks that need the backbone and the dataset: stage counts, images per label, the source."""
     o = space.origin
-    for m in _values_of(space, "stage_multipliers"):
+    for m in values_of(space, "stage_multipliers"):
         if len(m) != num_stages:
             raise SpaceError(
                 f"{o}.stage_multipliers: {list(m)} has {len(m)} values but the backbone has {num_stages} stages"
             )
     for key in ("transfer_depth", "frozen_depth"):
-        for v in _values_of(space, key):
+        for v in values_of(space, key):
             if v is not None and v > num_stages:
                 raise SpaceError(f"{o}.{key}: {v} > the backbone's {num_stages} stages")
     if min_class_count is not None:
-        for v in _values_of(space, "images_per_label"):
+        for v in values_of(space, "images_per_label"):
             if v != "all" and v is not None and v > min_class_count:
                 raise SpaceError(
                     f"{o}.images_per_label: {v} > the {min_class_count} training images of the smallest "
                     f"class ({min_class_name}); use at most {min_class_count} or 'all'"
                 )
     if not has_source:
-        depths = _values_of(space, "transfer_depth")
+        depths = values_of(space, "transfer_depth")
         if not depths or any(d is None or d > 0 for d in depths):
             raise SpaceError(
                 f"{o}.transfer_depth: the experiment has no source weights, so only transfer_depth: 0 "
@@ -260,7 +259,7 @@ def check_space(
         )
     fd = space.dims.get("frozen_depth")
     if fd is not None and fd.kind == "choice":
-        depths = [d if d is not None else num_stages for d in _values_of(space, "transfer_depth")] or [num_stages]
+        depths = [d if d is not None else num_stages for d in values_of(space, "transfer_depth")] or [num_stages]
         if max(fd.values) > min(depths):
             raise SpaceError(
                 f"{o}.frozen_depth: choice {list(fd.values)} can exceed transfer_depth {min(depths)}; "
@@ -286,6 +285,3 @@ def describe(space: SearchSpace) -> str:
         parts.append("sampled: " + ", ".join(f"{k} ~ {d.kind}" for k, d in rnd.items()))
     return "; ".join(parts)
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
