@@ -174,3 +174,17 @@ def test_search_logs_to_a_real_mlflow_server(tmp_path: Path, mlflow_server: str)
     frame = load_trials("remote", mlflow_server)
     assert len(frame) == 2 and (frame["status"] == "FINISHED").all()
     assert sorted(frame["frozen_depth"]) == [0, 2]
+
+
+def test_resume_keeps_one_run_per_trial_and_refuses_an_edited_space(tmp_path: Path, sqlite_uri: str) -> None:
+    from tunetl.config import ConfigError
+
+    over = _small("search_space={transfer_depth: 0, images_per_label: {grid: [5, 10]}}")
+    first = api.run(QUICK, overrides=over, name="res", tracking_uri=sqlite_uri, storage=tmp_path / "r")
+    again = api.run(QUICK, overrides=over, name="res", tracking_uri=sqlite_uri, storage=tmp_path / "r", resume=True)
+    assert again.parent_run_id == first.parent_run_id and again.num_trials == 2
+    frame = load_trials("res", sqlite_uri)
+    assert len(frame) == 2 and (frame["status"] == "FINISHED").all()
+    edited = _small("search_space={transfer_depth: 0, images_per_label: {grid: [5, 20]}}")
+    with pytest.raises(ConfigError, match="changed since"):
+        api.run(QUICK, overrides=edited, name="res", tracking_uri=sqlite_uri, storage=tmp_path / "r", resume=True)
