@@ -27,10 +27,6 @@ SEARCH_PARAMS: tuple[str, ...] = (
     "optimizer",
 )
 
-HEADS = ("linear", "mlp1", "mlp2", "mlp3")
-ACTIVATIONS = ("relu", "elu", "sigmoid")
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
-
 
 class TrialParams(BaseModel):
     """One trial's transfer recipe; `None` means "use the experiment's default".

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from tunetl.models import StagedModel, build
 from tunetl.models.weights import WeightsError
@@ -124,7 +123,3 @@ def make_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr0, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: use sgd, adam or rmsprop")
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,5 @@
-"""The Tune function trainable: one `TrialRunner`, one `tune.report` (with a checkpoint) per epoch.
+"""The Tune function trainable: one `TrialRunner`, one `tune.report` per epoch, a checkpoint every
+`training.checkpoint_interval_s` seconds and after the last epoch.
 
 MLflow is reached only through the `TrialRecorder` object handed in (built by `tunetl.tracking`), so this
 module imports no mlflow. The child run is found again by the Tune trial id after a restart, so a
