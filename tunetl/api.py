@@ -168,6 +168,7 @@ def run(
           flush=True)
     rn.init_ray(address, num_cpus=num_cpus)
     rn.check_resources(exp)
+    rn.check_storage(storage_path)
     bundles = _bundles(p, storage_path)
     recorder = SearchRecorder(uri, exp.name)
     if resume and run_dir is not None:

@@ -81,6 +81,46 @@ def check_resources(experiment: ExperimentConfig) -> None:
     )
 
 
+def _can_write(path: str) -> str | None:
+    """None when `path` is a writable folder here (created if missing), else why not."""
+    import tempfile
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tunetl-probe-"):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
+def check_storage(storage: Path) -> None:
+    """Every node must be able to write the storage path (checkpoints, source cache) before trials start."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    local = _can_write(str(storage))
+    if local is not None:
+        raise SearchError(f"--storage {storage}: cannot write there from this machine ({local})")
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0)(_can_write)
+    refs = {
+        n["NodeID"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(storage))
+        for n in nodes
+    }
+    failed = {node: why for node, why in zip(refs, ray.get(list(refs.values()), timeout=120)) if why}
+    if failed:
+        detail = "; ".join(f"node {node[:12]}: {why}" for node, why in failed.items())
+        raise SearchError(
+            f"--storage {storage}: not writable from every Ray node ({detail}); give a path all nodes "
+            "mount (e.g. NFS at the same path)"
+        )
+
+
 class MlflowFinalizer(tune.Callback):
     """Closes child runs the trial itself could not close: stopped by ASHA, or failed.
 

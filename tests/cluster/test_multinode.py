@@ -1,0 +1,53 @@
+"""A real two-node Ray cluster on one machine (ray.cluster_utils.Cluster, one CPU per node) and a real
+MLflow server: a search's trials land on both nodes, every child run ends FINISHED in the server, and
+checkpoints reach the shared storage path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunetl import api
+from tunetl.search.runner import SearchError
+from tunetl.tracking import load_trials
+
+pytestmark = pytest.mark.slow
+
+QUICK = str(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def two_nodes():  # type: ignore[no-untyped-def]
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_trials_spread_over_both_nodes_and_log_to_the_server(two_nodes: str, mlflow_server: str,
+                                                             tmp_path: Path) -> None:
+    over = ["training.epochs=2", "source.epochs=2", "scheduler.type=none", "seeds=[0, 1]",
+            "training.checkpoint_interval_s=0",
+            "search_space={transfer_depth: 4, frozen_depth: {grid: [0, 1, 2]}, images_per_label: 5}"]
+    summary = api.run(QUICK, overrides=over, name="multinode", address=two_nodes,
+                      tracking_uri=mlflow_server, storage=tmp_path / "shared")
+    assert summary.num_trials == 6 and summary.num_failed == 0
+    frame = load_trials("multinode", mlflow_server)
+    assert len(frame) == 6 and (frame["status"] == "FINISHED").all()
+    assert frame["node"].nunique() == 2
+    assert len(list((tmp_path / "shared").glob("multinode_*/*/checkpoint_*/trial.pt"))) >= 6
+
+
+def test_storage_no_node_can_write_fails_before_any_trial(two_nodes: str, sqlite_uri: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SearchError, match="--storage .*a-file/runs: cannot write there"):
+        api.run(QUICK, overrides=["training.epochs=1", "source.epochs=1"], name="nostore", address=two_nodes,
+                tracking_uri=sqlite_uri, storage=blocker / "runs")
