@@ -153,6 +153,19 @@ def test_gpu_request_on_a_cpu_cluster_fails_before_any_trial(
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
+def test_diverged_trial_stops_at_once_is_tagged_and_never_ranks(tmp_path: Path, sqlite_uri: str) -> None:
+    over = _small("training.epochs=4", "search_space={transfer_depth: 0, base_lr: {grid: [1.0e+6, 0.01]}, images_per_label: 10}")
+    summary = api.run(QUICK, overrides=over, name="nan", tracking_uri=sqlite_uri, storage=tmp_path / "r")
+    assert summary.num_failed == 0
+    frame = load_trials("nan", sqlite_uri).set_index("base_lr")
+    assert bool(frame.loc[1.0e6, "diverged"]) and not bool(frame.loc[0.01, "diverged"])
+    # it stopped at the first epoch whose loss was not finite, instead of training on
+    assert frame.loc[1.0e6, "epochs_run"] < 4 and frame.loc[0.01, "epochs_run"] == 4
+    assert frame.loc[1.0e6, "status"] == "FINISHED"
+    best = api.best("nan", sqlite_uri, top=5)
+    assert best["base_lr"].tolist() == [0.01]
+
+
 def test_two_searches_do_not_leak(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     one = "search_space={transfer_depth: 0, images_per_label: 5}"
     api.run(QUICK, overrides=_small(one), name="first", tracking_uri=sqlite_uri, storage=tmp_path / "r")

@@ -119,6 +119,7 @@ def run_trial(
     epochs = experiment.training.epochs
     interval = experiment.training.checkpoint_interval_s
     last_checkpoint = time.monotonic()
+    diverged = False
     try:
         while runner.epoch < epochs:
             m = runner.run_epoch()
@@ -132,7 +133,8 @@ def run_trial(
             if diverged:
                 break
         if recorder is not None and run_id is not None:
-            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False)
+            tags = {"tunetl.diverged": "true"} if diverged else None
+            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False, tags=tags)
     except Exception:
         if recorder is not None and run_id is not None:
             recorder.set_tags(run_id, {"tunetl.error": traceback.format_exc()[-5000:]})

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetl.params import SEARCH_PARAMS
-from tunetl.tracking.trial_logger import ERROR_TAG, NODE_TAG, PARENT_TAG, STOPPED_EARLY_TAG, client_for
+from tunetl.tracking.trial_logger import (
+    DIVERGED_TAG,
+    ERROR_TAG,
+    NODE_TAG,
+    PARENT_TAG,
+    STOPPED_EARLY_TAG,
+    client_for,
+)
 from tunetl.tracking.uri import TrackingError, redact
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "parent_run_id",
     "status",
     "stopped_early",
+    "diverged",
     "error",
     "node",
 )
@@ -139,6 +147,7 @@ def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame
                 "parent_run_id": tags[PARENT_TAG],
                 "status": run.info.status,
                 "stopped_early": tags.get(STOPPED_EARLY_TAG, "false").lower() == "true",
+                "diverged": tags.get(DIVERGED_TAG, "false").lower() == "true",
                 "error": tags.get(ERROR_TAG),
                 "node": tags.get(NODE_TAG),
             }
@@ -148,6 +157,7 @@ def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame
 
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     frame["stopped_early"] = frame["stopped_early"].astype(bool)
+    frame["diverged"] = frame["diverged"].astype(bool)
     for name in _param_order({k for p in params for k in p}):
         frame[name] = _column(name, [p.get(name) for p in params])
     metric_names = [*EPOCH_METRICS, "best_val_acc"]
@@ -216,7 +226,9 @@ def best_configs(
         raise ValueError(f"top must be >= 1, got {top}")
 
     values = pd.to_numeric(frame[metric], errors="coerce").astype("float64")
-    done = frame[(frame["status"] == "FINISHED") & values.map(math.isfinite)]
+    # A diverged trial (non-finite loss) ran no meaningful configuration: it never ranks.
+    diverged = frame["diverged"] if "diverged" in frame.columns else False
+    done = frame[(frame["status"] == "FINISHED") & values.map(math.isfinite) & ~diverged]
     out_cols = [*cols, f"{metric}_mean", f"{metric}_std", "n_seeds"]
     if done.empty:
         return pd.DataFrame(columns=out_cols)

@@ -22,6 +22,7 @@ STOPPED_EARLY_TAG = "tunetl.stopped_early"
 ERROR_TAG = "tunetl.error"
 NODE_TAG = "tunetl.node"
 TRIAL_ID_TAG = "tunetl.trial_id"
+DIVERGED_TAG = "tunetl.diverged"
 MAX_ERROR_CHARS = 5000
 _MAX_PARAM_CHARS = 6000
 _MAX_PARAMS_PER_BATCH = 100
