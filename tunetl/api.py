@@ -356,6 +356,7 @@ def features(dataset: str, source: str | None = None, backbone: str = "smallcnn"
     """`feature.*` of a target dataset for a source (training and caching a source model if asked)."""
     from tunetl.data import DatasetSpec
     from tunetl.meta.features import task_features
+    from tunetl.meta.predict import subset_features
     from tunetl.source import source_state_for
     from tunetl.trial import model_in_channels
 
@@ -367,11 +368,7 @@ def features(dataset: str, source: str | None = None, backbone: str = "smallcnn"
                            search_space={})
     task = _load(spec, "--dataset")
     state = source_state_for(exp, cache_dir, in_channels=model_in_channels(exp, task))
-    feats = task_features(exp, task, state)
-    counts = np.bincount(task.train.labels, minlength=len(task.class_names))
-    k = int(counts.min()) if images_per_label is None else min(images_per_label, int(counts.min()))
-    feats.update({"feature.images_per_label": float(k), "feature.num_train": float(k * len(counts))})
-    return feats
+    return subset_features(task_features(exp, task, state), images_per_label)
 
 
 def fit_regressor(

@@ -6,6 +6,7 @@ MLflow logging and the analysis all agree on names, types and defaults.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +27,22 @@ SEARCH_PARAMS: tuple[str, ...] = (
     "augment",
     "optimizer",
 )
+
+
+#: Learning-rate parameters: compared on a log scale.
+LR_PARAMS: tuple[str, ...] = ("base_lr", "inner_lr", "last_lr", "lr_scale")
+
+
+def param_distance(key: str, a: float | None, b: float | None) -> float:
+    """How far apart two values of a parameter are: decades for learning rates (0, i.e. frozen, counts
+    as 1e-9), plain difference otherwise; 0 when either is unknown."""
+    if a is None or b is None:
+        return 0.0
+    if key in LR_PARAMS:
+        la = math.log10(a) if a > 0 else -9.0
+        lb = math.log10(b) if b > 0 else -9.0
+        return abs(la - lb)
+    return abs(float(a) - float(b))
 
 
 class TrialParams(BaseModel):

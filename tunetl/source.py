@@ -47,9 +47,7 @@ def source_description(experiment: ExperimentConfig) -> str:
     """What the transferred weights are, as recorded in MLflow (`source` param)."""
     src = experiment.source
     if src.train_on is not None:
-        spec = src.train_on
-        base = spec.builtin or Path(spec.path or "").name
-        return f"{base}[{','.join(str(c) for c in spec.classes)}]" if spec.classes else base
+        return src.train_on.display_name()
     if src.weights is not None:
         return src.weights
     if src.weights_file is not None:

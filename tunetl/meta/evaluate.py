@@ -17,22 +17,16 @@ import pandas as pd
 
 from tunetl.meta.analysis import DEFAULT_METRIC, finished_trials
 from tunetl.meta.regressor import describe_task, fit_meta_model, meta_dataset
+from tunetl.params import param_distance
 
-LR_KEYS = ("inner_lr", "last_lr", "base_lr", "lr_scale")
 CONFIG_KEYS = ("inner_lr", "last_lr", "lr_scale", "frozen_depth")
 TASK_COLS = ("dataset", "source", "images_per_label")
-
-
-def _gap(key: str, a: float, b: float) -> float:
-    if key in LR_KEYS:
-        return abs((math.log10(a) if a > 0 else -9.0) - (math.log10(b) if b > 0 else -9.0))
-    return abs(a - b)
 
 
 def _nearest(configs: pd.DataFrame, wanted: dict[str, Any], keys: list[str]) -> int:
     """Row of `configs` closest to `wanted` on the keys it gives (ties: first row)."""
     given = [k for k in keys if wanted.get(k) is not None]
-    dist = [sum(_gap(k, float(row[k]), float(wanted[k])) for k in given) for _, row in configs.iterrows()]
+    dist = [sum(param_distance(k, float(row[k]), float(wanted[k])) for k in given) for _, row in configs.iterrows()]
     return int(np.argmin(dist))
 
 

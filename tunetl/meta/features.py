@@ -23,7 +23,7 @@ from torch import nn
 
 from tunetl.config import ExperimentConfig
 from tunetl.data import Preprocess, TaskData, images_per_label_indices, load_dataset
-from tunetl.meta.transferability import feature_similarity, leep, logme
+from tunetl.meta.transferability import feature_similarity, label_features, leep, logme
 from tunetl.models import StagedModel, build
 from tunetl.source import head_classes
 
@@ -32,13 +32,12 @@ FEATURE_IMAGES_PER_LABEL = 100
 
 
 def basic_features(task: TaskData) -> dict[str, float]:
-    labels = task.train.labels
-    counts = np.bincount(labels, minlength=len(task.class_names))
+    counts = label_features(task.train.labels, len(task.class_names))
     return {
-        "feature.images_per_label_min": float(counts.min()),
-        "feature.images_per_label_median": float(np.median(counts)),
-        "feature.num_classes": float(len(task.class_names)),
-        "feature.num_train_total": float(len(labels)),
+        "feature.images_per_label_min": counts["images_per_label_min"],
+        "feature.images_per_label_median": counts["images_per_label_median"],
+        "feature.num_classes": counts["num_classes"],
+        "feature.num_train_total": counts["num_images"],
         "feature.resolution": float(min(task.image_size)),
         "feature.channels": float(task.in_channels),
     }

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunetl.params import SEARCH_PARAMS, TrialParams
+from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-FLOAT_PARAMS = ("base_lr", "inner_lr", "last_lr", "lr_scale")
+FLOAT_PARAMS = LR_PARAMS
 INT_PARAMS = ("transfer_depth", "frozen_depth", "images_per_label")
 #: Keys a search space may hold: every trial parameter except `condition` (set by `conditions`).
 SPACE_KEYS = tuple(k for k in SEARCH_PARAMS if k != "condition") + ("conditions",)

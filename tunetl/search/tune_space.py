@@ -7,9 +7,9 @@ into the trial's parameters.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from tunetl.params import param_distance
 from tunetl.search.space import Dist, SearchSpace
 
 POINT, CONDITION, SEED, TRIAL_INDEX, TASK = "_point", "_condition", "seed", "__trial_index__", "_task"
@@ -100,17 +100,6 @@ class GroupKey:
         return (*task, *(f"{k}={params.get(k)}" for k in self.keys))
 
 
-def _distance(key: str, a: Any, b: Any) -> float:
-    """Gap between two values of a parameter: in log10 for learning rates (0 sits one decade below)."""
-    if a is None or b is None:
-        return 0.0
-    if key in ("inner_lr", "last_lr", "base_lr", "lr_scale"):
-        la = math.log10(a) if a > 0 else -9.0
-        lb = math.log10(b) if b > 0 else -9.0
-        return abs(la - lb)
-    return abs(float(a) - float(b))
-
-
 def warm_start_point(space: SearchSpace, recommendation: dict[str, Any], task: int | None = None) -> dict[str, Any]:
     """An Optuna first point close to a meta-model's recommendation, expressed in `OptunaSpace` names."""
     rec = {k: v for k, v in recommendation.items() if v is not None}
@@ -119,7 +108,7 @@ def warm_start_point(space: SearchSpace, recommendation: dict[str, Any], task: i
     if len(points) > 1:
         point[POINT] = min(
             range(len(points)),
-            key=lambda i: sum(_distance(k, points[i].get(k), v) for k, v in rec.items() if k in points[i]),
+            key=lambda i: sum(param_distance(k, points[i].get(k), v) for k, v in rec.items() if k in points[i]),
         )
     for key, d in space.random_dims().items():
         if key not in rec:
@@ -129,7 +118,7 @@ def warm_start_point(space: SearchSpace, recommendation: dict[str, Any], task: i
         elif d.kind == "randint":
             point[key] = int(min(max(round(rec[key]), d.low), d.high))
         elif d.kind == "choice" and _primitive(d.values):
-            point[key] = min(d.values, key=lambda v: _distance(key, v, rec[key]))
+            point[key] = min(d.values, key=lambda v: param_distance(key, v, rec[key]))
     return point
 
 
