@@ -29,6 +29,8 @@ class RunSummary:
     num_trials: int
     num_failed: int
     seconds: float
+    #: This search's trials (the trials frame of its child runs).
+    trials: pd.DataFrame
     best: pd.DataFrame
 
     @property
@@ -192,14 +194,15 @@ def run(
     except BaseException:
         recorder.end_parent("KILLED")
         raise
-    best = best_table(exp.name, uri, parent_run_id=parent)
+    frame = trials(exp.name, uri)
+    frame = frame[frame["parent_run_id"] == parent]
     failed = outcome.num_errors
     recorder.end_parent(
         "FINISHED" if outcome.num_trials > failed else "FAILED",
         summary={"num_trials": outcome.num_trials, "num_failed": failed},
     )
     return RunSummary(exp.name, parent, uri, run_dir, outcome.num_trials, failed,
-                      time.perf_counter() - started, best)
+                      time.perf_counter() - started, frame, best_table(frame))
 
 
 def _warm_start(p: Plan, bundles: list[Any], uri: str) -> list[dict[str, Any]] | None:
@@ -263,11 +266,17 @@ def best(
     parent_run_id: str | None = None,
 ) -> pd.DataFrame:
     """Top configurations by mean `metric` over seeds (per group when `group_by` is given)."""
-    from tunetl.tracking import best_configs
-
     frame = trials(experiment, tracking_uri)
     if parent_run_id is not None:
         frame = frame[frame["parent_run_id"] == parent_run_id]
+    return rank(frame, metric=metric, top=top, group_by=group_by)
+
+
+def rank(frame: pd.DataFrame, *, metric: str = "val_acc", top: int = 5,
+         group_by: list[str] | None = None) -> pd.DataFrame:
+    """`best` on a trials frame already in hand (no MLflow query)."""
+    from tunetl.tracking import best_configs
+
     for col in group_by or []:
         if col not in frame.columns:
             raise ConfigError(f"--group-by: no column {col!r}; available: {', '.join(map(str, frame.columns))}")
@@ -276,16 +285,12 @@ def best(
     return best_configs(frame, metric=metric, top=top, group_by=group_by)
 
 
-def best_table(experiment: str, tracking_uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
+def best_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The table `tunetl run` ends with: the best config per images-per-label when that was searched."""
-    frame = trials(experiment, tracking_uri)
-    if parent_run_id is not None:
-        frame = frame[frame["parent_run_id"] == parent_run_id]
     if frame.empty:
         return frame
     group = ["images_per_label"] if frame["images_per_label"].astype(str).nunique() > 1 else None
-    return best(experiment, tracking_uri, metric="best_val_acc", top=1 if group else 5, group_by=group,
-                parent_run_id=parent_run_id)
+    return rank(frame, metric="best_val_acc", top=1 if group else 5, group_by=group)
 
 
 def condition_summary(frame: pd.DataFrame) -> str | None:
@@ -293,25 +298,22 @@ def condition_summary(frame: pd.DataFrame) -> str | None:
 
     None when the search did not vary the transfer condition.
     """
-    from tunetl.meta.analysis import condition_names, condition_pivot, condition_table
+    from tunetl.meta.analysis import condition_pivot, condition_table
 
     if frame.empty or not ({"condition", "transfer_depth", "frozen_depth"} & set(varying_params(frame))):
         return None
     finished = frame[frame["status"] == "FINISHED"]
     if finished.empty:
         return None
-    pivot = condition_pivot(condition_table(finished, task_cols=["images_per_label"]))
-    stopped = finished.assign(condition=condition_names(finished)).groupby(
-        ["images_per_label", "condition"])["stopped_early"].any()
-    from tunetl.meta.analysis import ipl_label
-
-    stopped.index = stopped.index.set_levels(
-        [[ipl_label(v) for v in stopped.index.levels[0]], stopped.index.levels[1]])
+    table = condition_table(finished, task_cols=["images_per_label"])
+    pivot = condition_pivot(table)
+    stopped = condition_pivot(table, "stopped", decimals=None)
     text = pivot.copy().astype(object)
     for ipl in pivot.index:
         for cond in pivot.columns:
             value = pivot.loc[ipl, cond]
-            mark = "*" if stopped.get((ipl, cond), False) else ""
+            cut = stopped.loc[ipl, cond]
+            mark = "*" if not pd.isna(cut) and bool(cut) else ""
             text.loc[ipl, cond] = "" if pd.isna(value) else f"{value:.1f}{mark}"
     return text.to_string()
 

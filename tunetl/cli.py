@@ -110,8 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(f"{summary.num_trials} trial(s), {summary.num_failed} failed, {summary.seconds:.0f} s; "
           f"MLflow experiment {summary.experiment!r}, parent run {summary.parent_run_id}")
-    frame = api.trials(summary.experiment, summary.tracking_uri)
-    frame = frame[frame["parent_run_id"] == summary.parent_run_id]
+    frame = summary.trials
     pivot = api.condition_summary(frame)
     if pivot is not None:
         print("\nBest validation accuracy (%) per condition and images per label, mean over seeds"

@@ -348,22 +348,6 @@ def _cap_note(total: int) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 
-_CELL_COLS = ("dataset", "source", "images_per_label", "condition")
-
-
-def _cell_key(row: pd.Series) -> tuple[str, ...]:
-    return tuple(str(row.get(c)) for c in _CELL_COLS)
-
-
-def _stopped_cells(df: pd.DataFrame, metric: str) -> set[tuple[str, ...]]:
-    """(dataset, source, images_per_label, condition) cells where ASHA cut a trial short."""
-    if "stopped_early" not in df.columns:
-        return set()
-    done = finished_trials(df, metric)
-    done = done.assign(condition=condition_names(done))
-    return {_cell_key(row) for _, row in done[done["stopped_early"].fillna(False).astype(bool)].iterrows()}
-
-
 def _conditions_section(df: pd.DataFrame, metric: str, out: Path) -> list[_Section]:
     """Soekhoe Fig. 5: accuracy per condition, one line per images-per-label."""
     table = condition_table(df, metric)
@@ -381,7 +365,6 @@ def _conditions_section(df: pd.DataFrame, metric: str, out: Path) -> list[_Secti
     )
     colors = _colors(len(sizes), ordered=True)
     dodge = 0.12 / max(1, len(sizes) - 1) if len(sizes) > 1 else 0.0
-    stopped = _stopped_cells(df, metric)
     for ax, (title, part) in zip(axes, shown):
         for i, (size, color) in enumerate(zip(sizes, colors)):
             rows = part if size is None else part[part["images_per_label"] == size]
@@ -398,7 +381,7 @@ def _conditions_section(df: pd.DataFrame, metric: str, out: Path) -> list[_Secti
                 color=color,
                 label="all trials" if size is None else ipl_label(size),
             )
-            cut = np.array([_cell_key(row) in stopped for _, row in rows.iterrows()], dtype=bool)
+            cut = rows["stopped"].to_numpy(dtype=bool)
             if cut.any():
                 ax.scatter(x[cut], rows["acc_mean_pct"].to_numpy()[cut], s=30, facecolors="white",
                            edgecolors=color, linewidths=1.5, zorder=3)
@@ -411,7 +394,7 @@ def _conditions_section(df: pd.DataFrame, metric: str, out: Path) -> list[_Secti
     fig.supxlabel(
         "base = from scratch, FTall = transfer and fine-tune all, "
         "SnT = first n stages transferred and frozen"
-        + ("\nhollow marker = ASHA stopped at least one seed early" if stopped else ""),
+        + ("\nhollow marker = ASHA stopped at least one seed early" if table["stopped"].any() else ""),
         fontsize=9,
         color="#444",
     )

@@ -251,7 +251,8 @@ def condition_table(
     """Accuracy per task (by default dataset, source, images_per_label) and condition, in percent.
 
     Columns: task cols, `condition`, `acc_mean_pct`, `acc_std_pct` (sample std over the rows,
-    NaN for one seed), `n` (rows averaged: seeds, and any other setting that varied).
+    NaN for one seed), `n` (rows averaged: seeds, and any other setting that varied), and `stopped`
+    (an early stopper cut at least one of those rows short; False when the frame does not say).
     """
     df = finished_trials(frame, metric)
     df["condition"] = condition_names(df)
@@ -261,6 +262,9 @@ def condition_table(
     table = table.rename(columns={"mean": "acc_mean_pct", "std": "acc_std_pct", "count": "n"})
     table["acc_mean_pct"] *= 100.0
     table["acc_std_pct"] *= 100.0
+    flags = df["stopped_early"].fillna(False).astype(bool) if "stopped_early" in df.columns else False
+    cut = df.assign(stopped=flags).groupby([*tc, "condition"], dropna=False)["stopped"].any().reset_index()
+    table = table.merge(cut, on=[*tc, "condition"], how="left")
     return _sorted(table, [*tc, "condition"])
 
 
