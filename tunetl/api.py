@@ -50,10 +50,6 @@ class Plan:
     skipped: int
 
     @property
-    def task(self) -> Any:
-        return self.tasks[0][1]
-
-    @property
     def task_names(self) -> str:
         return ", ".join(t.name for _, t in self.tasks)
 
@@ -164,9 +160,10 @@ def run(
                 f"--resume: the experiment or its search space changed since {run_dir.name} started; "
                 "resume needs the same inputs (run without --resume to start a new search)"
             )
-    print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {p.grid_points} grid point(s)"
-          + (f" ({p.skipped} invalid combination(s) skipped)" if p.skipped else "")
-          + f" x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
+    from tunetl.search.space import describe
+
+    print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
+          f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
     rn.init_ray(address, num_cpus=num_cpus)
     rn.check_resources(exp)

@@ -34,7 +34,6 @@ class SearchOutcome:
     path: Path
     num_trials: int
     num_errors: int
-    num_terminated: int
     seconds: float
 
 
@@ -153,7 +152,7 @@ class MlflowFinalizer(tune.Callback):
             self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False)
 
 
-def _reporter(experiment: ExperimentConfig) -> Any:
+def _reporter() -> Any:
     from ray import tune
 
     return tune.CLIReporter(
@@ -238,7 +237,7 @@ def build_tuner(
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            progress_reporter=_reporter(experiment),
+            progress_reporter=_reporter(),
             callbacks=callbacks,
             verbose=1,
         ),
@@ -267,7 +266,6 @@ def fit(tuner: Any, started: float, path: Path) -> SearchOutcome:
         path=path,
         num_trials=len(results),
         num_errors=errors,
-        num_terminated=len(results) - errors,
         seconds=time.perf_counter() - started,
     )
 

@@ -132,6 +132,9 @@ def run_trial(
                 last_checkpoint = time.monotonic()
             if diverged:
                 break
+        # The driver's MlflowFinalizer closes this run too (it must: ASHA-stopped trials never get
+        # here). Closing it here as well keeps runs of resumed searches closed, where Tune may not
+        # carry the callback over; finishing twice is idempotent.
         if recorder is not None and run_id is not None:
             tags = {"tunetl.diverged": "true"} if diverged else None
             recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False, tags=tags)
