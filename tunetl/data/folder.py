@@ -2,24 +2,31 @@
 
 The channel count and image size are decided once from the file headers (cheap: Pillow reads only the
 header on open), so that every batch has one shape whether images are held in memory or streamed.
+Every file is checked before that (`tunetl.data.scan`), so a bad file never surfaces mid-search.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from tunetl.data.imageset import ImageSet, StreamingImageSet, TaskData, TensorImageSet
+from tunetl.data.scan import (
+    ScanReport,
+    class_entries,
+    corrupt_reason,
+    decode_problem,
+    open_image,
+    parallel_map,
+    scan_folder,
+)
 from tunetl.data.spec import MEMORY_LIMIT_BYTES, DataError, DatasetSpec
 from tunetl.data.subsets import resolve_classes, stratified_split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: Pillow modes treated as grayscale; a folder is 1-channel only when every image is one of these.
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -29,37 +36,8 @@ def _unreadable(path: str | Path, exc: Exception) -> DataError:
 
 
 def class_folders(root: Path) -> list[str]:
-    """Sorted names of the class sub-folders of `root`, hidden ones skipped."""
-    if not root.exists():
-        raise DataError(f"dataset path {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"dataset path {root} is not a folder (expected one sub-folder per class)")
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not names:
-        raise DataError(f"dataset path {root} has no class sub-folders (expected one per class)")
-    return names
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under a class folder (recursively), sorted; hidden files and folders skipped."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(
-            Path(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return sorted(found)
-
-
-def _header(path: Path) -> tuple[str, int, int]:
-    """(mode, height, width) from the file header."""
-    try:
-        with Image.open(path) as img:
-            return img.mode, img.height, img.width
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise _unreadable(path, exc) from exc
+    """Sorted names of the class sub-folders of `root`: hidden ones and links leaving `root` skipped."""
+    return class_entries(root)[0]
 
 
 def _to_gray(img: Image.Image) -> Image.Image:
@@ -73,7 +51,7 @@ def _to_gray(img: Image.Image) -> Image.Image:
 def decode_image(path: str, channels: int, size: tuple[int, int]) -> np.ndarray:
     """Decode one file to uint8 (channels, H, W), converted and resized (bilinear) to `size`."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             if channels == 1 or img.mode in GRAY_MODES:
                 img = _to_gray(img)
@@ -83,7 +61,7 @@ def decode_image(path: str, channels: int, size: tuple[int, int]) -> np.ndarray:
             if (img.height, img.width) != (height, width):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.array(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # Pillow raises many types (SyntaxError, KeyError, ...) on malformed bytes
         raise _unreadable(path, exc) from exc
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -98,14 +76,29 @@ def _common_size(sizes: np.ndarray, hint: int | tuple[int, int] | None) -> tuple
     return int(round(median[0])), int(round(median[1]))
 
 
-def _decode_all(paths: list[str], channels: int, size: tuple[int, int]) -> np.ndarray:
-    """Decode every file into one array, on a few threads (Pillow releases the GIL while decoding)."""
-    out = np.empty((len(paths), channels, *size), dtype=np.uint8)
-    decode = partial(decode_image, channels=channels, size=size)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, arr in enumerate(pool.map(decode, paths)):
-            out[i] = arr
-    return out
+def _shape(report: ScanReport, hint: int | tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) every image is decoded to, from the headers of the files the scan kept."""
+    infos = [f for files in report.images.values() for f in files]
+    channels = 1 if all(f.mode in GRAY_MODES for f in infos) else 3
+    return channels, _common_size(np.asarray([(f.height, f.width) for f in infos]), hint)
+
+
+def _decode_into(out: np.ndarray, paths: list[str], channels: int, size: tuple[int, int]) -> dict[str, str]:
+    """Decode every file into `out` on a few threads; {path: reason} of those that fail to decode.
+
+    This full decode is also the scan's truncation/corruption check for folders held in memory, so no
+    file is decoded twice.
+    """
+
+    def one(i: int) -> str | None:
+        try:
+            out[i] = decode_image(paths[i], channels, size)
+        except DataError as exc:
+            return corrupt_reason(exc.__cause__ or exc)
+        return None
+
+    reasons = parallel_map(one, range(len(paths)))
+    return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
 
 
 def load_folder(
@@ -115,35 +108,51 @@ def load_folder(
     memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
     num_workers: int = 0,
 ) -> TaskData:
-    """Load an ImageFolder: in memory when its decoded pixels fit `memory_limit_bytes`, else streamed."""
+    """Load an ImageFolder: in memory when its decoded pixels fit `memory_limit_bytes`, else streamed.
+
+    Every file is checked first (`tunetl.data.scan`); bad ones fail the load or, with
+    `spec.bad_files == "skip"`, are left out and listed in `TaskData.skipped_files`.
+    """
     assert spec.path is not None
     root = Path(spec.path).expanduser()
     all_names = class_folders(root)
     chosen = resolve_classes(spec.classes, all_names, str(root))
     class_names = [all_names[c] for c in chosen]
 
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, name in enumerate(class_names):
-        files = image_files(root / name)
-        if not files:
-            raise DataError(
-                f"class folder {root / name} contains no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                "add images or remove the folder"
-            )
-        paths.extend(str(f) for f in files)
-        labels.extend([label] * len(files))
-    label_arr = np.asarray(labels, dtype=np.int64)
+    report = scan_folder(root, class_names, decode=False)
+    if report.empty_classes():
+        report.enforce(spec.bad_files)  # raises: a class has nothing left to decode
+    paths = [f.path for name in class_names for f in report.images[name]]
+    channels, size = _shape(report, image_size)
+    in_memory = len(paths) * channels * size[0] * size[1] <= memory_limit_bytes
+    if in_memory:
+        pixels = np.empty((len(paths), channels, *size), dtype=np.uint8)
+        failed = _decode_into(pixels, paths, channels, size)
+    else:
+        problems = parallel_map(decode_problem, paths)
+        failed = {p: r for p, r in zip(paths, problems, strict=True) if r is not None}
+    report = report.without(failed)
+    report.enforce(spec.bad_files)
+    if failed:
+        kept = [i for i, p in enumerate(paths) if p not in failed]
+        paths = [paths[i] for i in kept]
+        new_channels, new_size = _shape(report, image_size)
+        if in_memory and (new_channels, new_size) == (channels, size):
+            pixels = pixels[kept]
+        elif in_memory:
+            pixels = np.empty((len(paths), new_channels, *new_size), dtype=np.uint8)
+            if _decode_into(pixels, paths, new_channels, new_size):
+                raise DataError(f"files under {root} changed while loading; load again")
+        channels, size = new_channels, new_size
 
-    headers = [_header(Path(p)) for p in paths]
-    channels = 1 if all(mode in GRAY_MODES for mode, _, _ in headers) else 3
-    size = _common_size(np.asarray([(h, w) for _, h, w in headers]), image_size)
+    label_arr = np.asarray(
+        [label for label, name in enumerate(class_names) for _ in report.images[name]], dtype=np.int64
+    )
     train_idx, val_idx = stratified_split(label_arr, spec.val_fraction, spec.split_seed, chosen, class_names)
-
     train: ImageSet
     val: ImageSet
-    if len(paths) * channels * size[0] * size[1] <= memory_limit_bytes:
-        images = torch.from_numpy(_decode_all(paths, channels, size))
+    if in_memory:
+        images = torch.from_numpy(pixels)
         train = TensorImageSet(images[torch.from_numpy(train_idx)], label_arr[train_idx])
         val = TensorImageSet(images[torch.from_numpy(val_idx)], label_arr[val_idx])
     else:
@@ -162,4 +171,5 @@ def load_folder(
         val=val,
         in_channels=channels,
         image_size=size,
+        skipped_files=report.skipped,
     )

@@ -7,7 +7,7 @@ validate specs cheaply; loading pulls the heavy modules in lazily.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,7 +28,9 @@ class DatasetSpec(BaseModel):
     """A target or source dataset: a built-in by name or an ImageFolder path, optionally a class subset.
 
     The validation split is part of the spec (`val_fraction`, `split_seed`) so that it is the same for
-    every trial of a search, whatever the trial's seed.
+    every trial of a search, whatever the trial's seed. `bad_files` says what a folder's pre-flight scan
+    does with files it cannot use: fail naming them (default), or skip them with a warning; built-ins
+    ignore it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +40,7 @@ class DatasetSpec(BaseModel):
     classes: list[int | str] | None = None
     val_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
     split_seed: int = Field(default=0, ge=0)
+    bad_files: Literal["fail", "skip"] = "fail"
 
     @field_validator("builtin", "path")
     @classmethod
