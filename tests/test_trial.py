@@ -97,3 +97,18 @@ def test_transferred_frozen_stages_beat_random_frozen_stages(experiment: Experim
         random.append(r[-1].val_acc)
     print(f"S3T {np.mean(transferred):.3f} vs random frozen {np.mean(random):.3f}")
     assert np.mean(transferred) > np.mean(random) + 0.05
+
+
+def test_bf16_autocast_trains_like_float32(experiment: ExperimentConfig, source: dict) -> None:
+    """`training.amp: bf16` runs the forward passes in bfloat16 (on CPU here; `auto` does so on a GPU)."""
+    from tunetl.trial import amp_dtype
+
+    assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    params = {"transfer_depth": 4, "frozen_depth": 1, "images_per_label": 20}
+    fp32 = train_trial(params, experiment, seed=0, epochs=5, source_state=source)
+    bf16_exp = experiment.model_copy(update={"training": experiment.training.model_copy(update={"amp": "bf16"})})
+    bf16 = train_trial(params, bf16_exp, seed=0, epochs=5, source_state=source)
+    assert [m.train_loss for m in bf16] != [m.train_loss for m in fp32]  # it really ran in another precision
+    assert all(np.isfinite(m.train_loss) for m in bf16)
+    assert bf16[-1].val_acc == pytest.approx(fp32[-1].val_acc, abs=0.05)

@@ -66,6 +66,12 @@ class TrainingConfig(_Strict):
     dropout: float = Field(default=0.3, ge=0, lt=1)
     #: Seconds between trial checkpoints (and always after the last epoch); 0 = every epoch.
     checkpoint_interval_s: float = Field(default=30.0, ge=0)
+    #: Frozen-prefix outputs: shared by the trials of a node ("node"), per trial ("trial"), or recomputed
+    #: every epoch ("off"). Trials that augment always run their training inputs through the prefix.
+    feature_cache: Literal["node", "trial", "off"] = "node"
+    #: Mixed precision: "auto" = bfloat16 autocast on a GPU that supports it, float32 on CPU;
+    #: "bf16" forces it (also on CPU), "off" never.
+    amp: Literal["auto", "bf16", "off"] = "auto"
 
 
 class SchedulerConfig(_Strict):
@@ -141,7 +147,8 @@ class ExperimentConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the search's results (for resume checks and caching)."""
-        body = self.model_dump(exclude={"source_file", "search_space_file"})
+        # feature_cache changes speed, not results: a search may resume with another setting.
+        body = self.model_dump(exclude={"source_file": True, "search_space_file": True, "training": {"feature_cache"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -2,12 +2,14 @@
 
 The frozen prefix runs under `torch.no_grad()` and the trainable suffix with autograd, so that a caller
 can replace the prefix by cached activations (`start_stage`). Losses and hits are summed on the device
-and read once per epoch: no host sync per step.
+and read once per epoch: no host sync per step. `amp` runs forward passes under `torch.autocast` in that
+dtype (bfloat16: same range as float32, so no loss scaling is needed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +52,10 @@ class _Accumulator:
         )
 
 
+def _autocast(x: torch.Tensor, amp: torch.dtype | None) -> AbstractContextManager[object]:
+    return torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else nullcontext()
+
+
 def forward_split(model: StagedModel, x: torch.Tensor, start_stage: int, frozen_prefix: int) -> torch.Tensor:
     """Logits from activations entering `start_stage`; stages before `frozen_prefix` run without autograd."""
     if start_stage < frozen_prefix:
@@ -67,13 +73,15 @@ def train_one_epoch(
     *,
     frozen_prefix: int = 0,
     start_stage: int = 0,
+    amp: torch.dtype | None = None,
 ) -> EpochStats:
     """Train over `batches` of ready inputs (already on the device, preprocessed and augmented)."""
     model.train()
     acc = _Accumulator()
     for x, y in batches:
-        logits = forward_split(model, x, start_stage, frozen_prefix)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        with _autocast(x, amp):
+            logits = forward_split(model, x, start_stage, frozen_prefix)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
         (loss_sum / y.shape[0]).backward()
         optimizer.step()
@@ -82,13 +90,18 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: StagedModel | nn.Module, batches: Iterable[Batch], *, start_stage: int = 0) -> EpochStats:
+def evaluate(
+    model: StagedModel | nn.Module,
+    batches: Iterable[Batch],
+    *,
+    start_stage: int = 0,
+    amp: torch.dtype | None = None,
+) -> EpochStats:
     model.eval()
     acc = _Accumulator()
     for x, y in batches:
-        if isinstance(model, StagedModel):
-            logits = forward_split(model, x, start_stage, start_stage)
-        else:
-            logits = model(x)
+        with _autocast(x, amp):
+            logits = forward_split(model, x, start_stage, start_stage) if isinstance(model, StagedModel) else model(x)
+        logits = logits.float()
         acc.add(logits, y, F.cross_entropy(logits, y, reduction="sum"))
     return acc.result()

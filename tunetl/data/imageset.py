@@ -10,10 +10,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Indices = np.ndarray | Sequence[int] | torch.Tensor | None
@@ -101,11 +102,28 @@ class _FileDataset(Dataset):
         return torch.from_numpy(self.decode(self.paths[i])), int(self.labels[i])
 
 
+class _PassOrder(Sampler[int]):
+    """The visiting order of the next pass, replaced before each pass: one DataLoader (and its
+    persistent workers) then serves every epoch. Samplers run in the main process, so workers see it."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class StreamingImageSet(ImageSet):
     """Images read lazily from files through a DataLoader: folders too large to hold in memory.
 
     `decode(path)` must return a uint8 array of shape (C, H, W) equal to `(in_channels, *image_size)`
     and be picklable (a module-level function or a `functools.partial` of one) when `num_workers > 0`.
+    With workers and `persistent_workers`, one loader per batch size is kept with its worker processes,
+    so epochs after the first start without forking; `pin_memory` is for trials that copy batches to a
+    GPU.
     """
 
     def __init__(
@@ -116,17 +134,67 @@ class StreamingImageSet(ImageSet):
         in_channels: int,
         image_size: tuple[int, int],
         num_workers: int = 0,
+        *,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 4,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
         self.paths = [str(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.in_channels = in_channels
         self.image_size = image_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self._decode = decode
         self._dataset = _FileDataset(self.paths, self.labels, decode)
+        self._loaders: dict[int, tuple[DataLoader, _PassOrder]] = {}
+        self._busy: set[int] = set()
+
+    def with_loader(
+        self, *, num_workers: int, pin_memory: bool, persistent_workers: bool = True
+    ) -> StreamingImageSet:
+        """The same images with other loader settings (a new object: the original may be shared).
+        Passes made once (e.g. caching) want `persistent_workers=False`: no idle workers stay behind."""
+        return StreamingImageSet(
+            self.paths,
+            self.labels,
+            self._decode,
+            self.in_channels,
+            self.image_size,
+            num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=self.prefetch_factor,
+        )
+
+    def __getstate__(self) -> dict[str, object]:
+        """Loaders hold worker processes: they are not sent along (a copy starts its own)."""
+        state = self.__dict__.copy()
+        state["_loaders"], state["_busy"] = {}, set()
+        return state
+
+    def _loader(self, batch_size: int, order: list[int]) -> tuple[DataLoader, int | None]:
+        """A loader over `order`; the kept one unless a pass with that batch size is still running."""
+        settings: dict[str, Any] = {"batch_size": batch_size, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            settings.update(num_workers=self.num_workers, prefetch_factor=self.prefetch_factor)
+        if self.num_workers == 0 or not self.persistent_workers or batch_size in self._busy:
+            return DataLoader(self._dataset, sampler=order, **settings), None
+        if batch_size not in self._loaders:
+            sampler = _PassOrder()
+            loader = DataLoader(self._dataset, sampler=sampler, persistent_workers=True, **settings)
+            self._loaders[batch_size] = (loader, sampler)
+        loader, sampler = self._loaders[batch_size]
+        sampler.order = order
+        return loader, batch_size
 
     def batches(
         self,
@@ -136,13 +204,15 @@ class StreamingImageSet(ImageSet):
         generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
         order = self._order(indices, batch_size, shuffle, generator)
-        loader = DataLoader(
-            self._dataset,
-            batch_size=batch_size,
-            sampler=order.tolist(),
-            num_workers=self.num_workers,
-        )
-        yield from loader
+        loader, kept = self._loader(batch_size, order.tolist())
+        if kept is None:
+            yield from loader
+            return
+        self._busy.add(kept)
+        try:
+            yield from loader
+        finally:
+            self._busy.discard(kept)
 
 
 @dataclass(frozen=True)
@@ -155,6 +225,8 @@ class TaskData:
     val: ImageSet
     in_channels: int
     image_size: tuple[int, int]
+    #: Files left out by `bad_files: skip` and symlinks leaving the folder, relative to the folder.
+    skipped_files: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
