@@ -17,6 +17,19 @@ import pytest
 _SERVER_START_S = 90.0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The node-level feature cache of this test session, not the machine's default folder (Ray workers
+    inherit the variable from this process)."""
+    old = os.environ.get("TUNETL_FEATURE_CACHE")
+    os.environ["TUNETL_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TUNETL_FEATURE_CACHE", None)
+    else:
+        os.environ["TUNETL_FEATURE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _no_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must not depend on (or write into) the developer's MLflow settings."""
@@ -81,17 +94,17 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free local port, backed by SQLite; yields its http URI."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+def start_mlflow_server(root: Path, port: int, db: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real `mlflow server` on 127.0.0.1:`port` backed by SQLite `db` (default `root/srv.db`), in its own
+    process group (stop it with `_stop_group`); returns once /health answers. Starting it again on the same
+    port and database is how tests restart a tracking server."""
+    db = db or root / "srv.db"
     uri = f"http://127.0.0.1:{port}"
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{root / 'srv.db'}",
+        f"sqlite:///{db}",
         "--artifacts-destination",
         str(root / "artifacts"),
         "--host",
@@ -102,18 +115,28 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "1",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
+    log_path = root / f"server-{port}.log"
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
         )
+    deadline = time.monotonic() + _SERVER_START_S
+    while not _healthy(uri):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_group(proc)
+            tail = log_path.read_text(errors="replace")[-3000:]
+            pytest.fail(f"mlflow server on port {port} did not become healthy:\n{tail}")
+        time.sleep(0.5)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free local port, backed by SQLite; yields its http URI."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = start_mlflow_server(root, port)
     try:
-        deadline = time.monotonic() + _SERVER_START_S
-        while not _healthy(uri):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server on port {port} did not become healthy:\n{tail}")
-            time.sleep(0.5)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
         _stop_group(proc)

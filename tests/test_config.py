@@ -64,14 +64,6 @@ def test_invalid_experiments_name_the_key(tmp_path: Path, text: str, needle: str
     assert str(path) in str(err.value)
 
 
-def test_python_tags_are_refused_not_executed(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    path = _write(tmp_path, f"name: !!python/object/apply:os.system ['touch {marker}']\ndataset: {{builtin: digits}}\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_experiment(path)
-    assert not marker.exists()
-
-
 def test_bad_override_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: x\ndataset: {builtin: digits}\n")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):

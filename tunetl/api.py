@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ class RunSummary:
     experiment: str
     parent_run_id: str
     tracking_uri: str
-    storage_path: Path
+    #: The search's folder: a local path, or a URI for object-store storage.
+    storage_path: Path | str
     num_trials: int
     num_failed: int
     seconds: float
@@ -112,20 +114,67 @@ def _needs_source(p: Plan) -> bool:
     return not depths or any(d is None or d > 0 for d in depths)
 
 
-def _bundles(p: Plan, storage: Path) -> list[Any]:
-    """Per task: source weights (trained and cached once), the source's name, the task's features."""
+def _bundles(p: Plan, storage: Any) -> list[Any]:
+    """Per task: source weights (trained and cached once), the source's name, the task's features.
+
+    The source cache lives in the storage (`cache/sources`); for an object store it is built in a local
+    mirror and uploaded, so that a driver on another machine finds it too.
+    """
     from tunetl.meta.features import task_features
     from tunetl.search.trainable import TaskBundle
     from tunetl.source import source_description, source_state_for
     from tunetl.trial import model_in_channels
 
+    cache = storage.cache_dir()
+    needs = [exp.source.kind != "none" and _needs_source(p) for exp, _ in p.tasks]
+    if any(needs):
+        storage.pull("cache/sources", cache / "sources")
     bundles = []
-    for exp, task in p.tasks:
-        state = None
-        if exp.source.kind != "none" and _needs_source(p):
-            state = source_state_for(exp, storage / "cache", in_channels=model_in_channels(exp, task))
+    for (exp, task), need in zip(p.tasks, needs, strict=True):
+        state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
         bundles.append(TaskBundle(exp, task, state, source_description(exp), task_features(exp, task, state)))
+    if any(needs):
+        storage.push(cache / "sources", "cache/sources")
     return bundles
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped by Ctrl-C or SIGTERM; its state is saved and `--resume` finishes it."""
+
+    def __init__(self, message: str, summary: RunSummary, signal: int | None) -> None:
+        super().__init__(message)
+        self.summary, self.signal = summary, signal
+
+
+def _search_to_resume(storage: Any, exp: ExperimentConfig, *, resume: bool, new: bool) -> str | None:
+    """The search folder to continue: asked for (`resume`) or found unfinished with the same inputs."""
+    from tunetl.search import runner as rn
+
+    if new:
+        if resume:
+            raise ConfigError("--resume and --new exclude each other: resume the last search or start a new one")
+        return None
+    run_dir, busy = rn.unfinished_run_dir(storage, exp.name)
+    if run_dir is None and resume:
+        run_dir = rn.latest_run_dir(storage, exp.name)
+        if run_dir == busy:
+            run_dir = None
+    if run_dir is None:
+        if resume:
+            running = f" ({busy.name} is being run by another tunetl process)" if busy else ""
+            raise ConfigError(f"--resume: no earlier search of {exp.name!r} under {storage.display()}{running}")
+        return None
+    if rn.read_state(storage, run_dir)["fingerprint"] != exp.fingerprint():
+        if resume:
+            raise ConfigError(
+                f"--resume: the experiment or its search space changed since {run_dir} started; "
+                "resume needs the same inputs (run without --resume to start a new search)"
+            )
+        return None
+    if not resume:
+        print(f"[tunetl] {run_dir} did not finish (same experiment and search space): resuming it; "
+              "pass --new to start a fresh search instead", file=sys.stderr, flush=True)
+    return run_dir
 
 
 def run(
@@ -137,69 +186,98 @@ def run(
     tracking_uri: str | None = None,
     storage: str | Path | None = None,
     resume: bool = False,
+    new: bool = False,
     num_cpus: int | None = None,
 ) -> RunSummary:
-    """Run (or resume) a search; every trial becomes an MLflow child run under one parent run."""
+    """Run a search, or finish an unfinished one; every trial becomes an MLflow child run under one parent.
+
+    An unfinished search of the same experiment and space under `storage` (its driver killed or
+    stopped) is resumed unless `new`. Raises `SearchInterrupted` when Ctrl-C or SIGTERM stops it.
+    """
     from tunetl.search import runner as rn
+    from tunetl.search.space import describe
     from tunetl.tracking import SearchRecorder, check_tracking, resolve_tracking_uri
 
     p = plan(experiment, overrides, name)
     exp = p.experiment
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
-    storage_path = Path(storage).resolve() if storage else rn.default_storage()
+    store = rn.open_storage(storage)
     started = time.perf_counter()
-    run_dir: Path | None = None
-    if resume:
-        run_dir = rn.latest_run_dir(storage_path, exp.name)
-        if run_dir is None:
-            raise ConfigError(f"--resume: no earlier search of {exp.name!r} under {storage_path}")
-        state = rn.read_state(run_dir)
-        if state["fingerprint"] != exp.fingerprint():
-            raise ConfigError(
-                f"--resume: the experiment or its search space changed since {run_dir.name} started; "
-                "resume needs the same inputs (run without --resume to start a new search)"
-            )
-    from tunetl.search.space import describe
-
+    run_name = _search_to_resume(store, exp, resume=resume, new=new)
     print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
           f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
     rn.init_ray(address, num_cpus=num_cpus)
     rn.check_resources(exp)
-    rn.check_storage(storage_path)
-    bundles = _bundles(p, storage_path)
+    rn.check_storage(store)
+    bundles = _bundles(p, store)
     recorder = SearchRecorder(uri, exp.name)
-    if resume and run_dir is not None:
-        parent = state["parent_run_id"]
-        recorder.reopen_parent(parent)
-        tuner = rn.restore_tuner(run_dir, exp, space=p.space, bundles=bundles, recorder=recorder.trial_logger())
-    else:
-        run_name = f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = storage_path / run_name
-        parent = recorder.start_parent(_parent_params(exp, p), tags={"tunetl.storage": str(run_dir)})
-        rn.write_state(run_dir, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
-                                 "experiment": exp.name, "tracking_uri": uri})
-        warm = _warm_start(p, bundles, uri)
-        if warm:
-            recorder_tags = {f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)}
-            recorder.set_parent_tags(recorder_tags)
-        tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                               storage=storage_path, run_name=run_name, warm_start=warm)
+    run_name = run_name or f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
+    lock = rn.DriverLock(store, run_name)
+    if not lock.acquire():
+        raise rn.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
     try:
-        outcome = rn.fit(tuner, started, run_dir)
-    except BaseException:
+        if store.exists(run_name, rn.STATE_FILE):
+            parent = rn.read_state(store, run_name)["parent_run_id"]
+            recorder.reopen_parent(parent)
+            rn.mark_state(store, run_name, finished=False)
+        else:
+            parent = recorder.start_parent(_parent_params(exp, p),
+                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p)})
+            rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
+                                             "experiment": exp.name, "tracking_uri": uri, "finished": False,
+                                             "config": exp.model_dump(mode="json")})
+        if rn.can_restore(store, run_name):
+            logger = recorder.trial_logger()
+            tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
+        else:
+            # New, or its driver died before Tune saved any state: start the trials in the same folder.
+            warm = _warm_start(p, bundles, uri)
+            if warm:
+                recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
+            tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
+                                   storage=store, run_name=run_name, warm_start=warm)
+        try:
+            outcome = rn.fit(tuner, started, run_path)
+        except BaseException:
+            recorder.close_open_children("KILLED", "interrupted")
+            recorder.end_parent("KILLED")
+            raise
+        return _finish(exp, recorder, outcome, uri, parent, store, run_name)
+    finally:
+        lock.release()
+
+
+def _finish(
+    exp: ExperimentConfig, recorder: Any, outcome: Any, uri: str, parent: str, store: Any, run_name: str
+) -> RunSummary:
+    """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
+    from tunetl.search import runner as rn
+
+    failed = outcome.num_errors
+    if outcome.interrupted:
+        recorder.close_open_children("KILLED", "interrupted")
         recorder.end_parent("KILLED")
-        raise
+    else:
+        orphans = recorder.close_open_children("KILLED", "no trial took this run over after a restart")
+        if orphans:
+            print(f"[tunetl] closed {orphans} run(s) of an earlier driver as KILLED", file=sys.stderr)
+        recorder.end_parent(
+            "FINISHED" if outcome.num_trials > failed else "FAILED",
+            summary={"num_trials": outcome.num_trials, "num_failed": failed},
+        )
+        rn.mark_state(store, run_name, finished=True)
     frame = trials(exp.name, uri)
     frame = frame[frame["parent_run_id"] == parent]
-    failed = outcome.num_errors
-    recorder.end_parent(
-        "FINISHED" if outcome.num_trials > failed else "FAILED",
-        summary={"num_trials": outcome.num_trials, "num_failed": failed},
-    )
-    return RunSummary(exp.name, parent, uri, run_dir, outcome.num_trials, failed,
-                      time.perf_counter() - started, frame, best_table(frame))
+    summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
+                         outcome.seconds, frame, best_table(frame))
+    if outcome.interrupted:
+        raise SearchInterrupted(
+            f"search {run_name} stopped with {outcome.num_incomplete} trial(s) unfinished; its state is "
+            f"saved: run the same command again (or add --resume) to finish it", summary, outcome.signal)
+    return summary
 
 
 def _warm_start(p: Plan, bundles: list[Any], uri: str) -> list[dict[str, Any]] | None:
@@ -234,7 +312,14 @@ def _parent_params(exp: ExperimentConfig, p: Plan) -> dict[str, Any]:
         "seeds": list(exp.seeds),
         "grid_points": p.grid_points,
         "fingerprint": exp.fingerprint(),
+        # Files the pre-flight scan left out (`dataset.bad_files: skip`); their names are a parent tag.
+        "skipped_files": sum(len(getattr(task, "skipped_files", ())) for _, task in p.tasks),
     }
+
+
+def _skipped_tag(p: Plan) -> dict[str, str]:
+    names = [f"{task.name}: {f}" for _, task in p.tasks for f in getattr(task, "skipped_files", ())]
+    return {"tunetl.skipped_files": "\n".join(names)[:5000]} if names else {}
 
 
 def trials(experiment: str | list[str], tracking_uri: str | None = None) -> pd.DataFrame:
@@ -319,6 +404,44 @@ def export(experiment: str | list[str], out: str | Path, tracking_uri: str | Non
     from tunetl.tracking import export_parquet
 
     return export_parquet(trials(experiment, tracking_uri), Path(out))
+
+
+def _stored_searches(storage: str | Path, run: str | None) -> list[Any]:
+    from tunetl.search.results import StorageError, load_searches
+
+    try:
+        return load_searches(storage, run)
+    except StorageError as err:
+        raise ConfigError(str(err)) from None
+
+
+def export_storage(storage: str | Path, out: str | Path, run: str | None = None) -> Path:
+    """Every trial of the searches under `storage` (or the one named `run`) to Parquet from Ray's results
+    alone: no tracking server or database is read. Same columns and types as `export`, plus
+    `trial_id` and `search`."""
+    from tunetl.search.results import param_names, trials_frame
+    from tunetl.tracking.query import export_parquet, typed_trials
+
+    searches = _stored_searches(storage, run)
+    return export_parquet(typed_trials(trials_frame(searches), param_names(searches)), Path(out))
+
+
+def sync(storage: str | Path, run: str | None = None, tracking_uri: str | None = None) -> list[Any]:
+    """Bring MLflow up to Ray's results of the searches under `storage` (or `run`): child runs a trial lacks
+    are created under the search's parent run, missing params and epochs logged, ended trials' runs
+    closed. Idempotent. The tracking URI defaults to the one the search recorded to."""
+    from tunetl.tracking import check_tracking, resolve_tracking_uri
+    from tunetl.tracking.sync import sync_search
+
+    reports = []
+    checked: set[str] = set()
+    for search in _stored_searches(storage, run):
+        uri = resolve_tracking_uri(tracking_uri or search.tracking_uri)
+        if uri not in checked:
+            check_tracking(uri)
+            checked.add(uri)
+        reports.append(sync_search(search, uri))
+    return reports
 
 
 def report(experiment: str | list[str], out: str | Path, tracking_uri: str | None = None,

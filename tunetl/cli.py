@@ -1,7 +1,8 @@
 """`tunetl` command line: a thin argparse layer over `tunetl.api`.
 
 Heavy libraries (torch, ray, mlflow) are imported inside the commands, so `tunetl --help` is instant.
-Exit status: 0 on success, 2 on invalid input, 1 when no trial succeeded or a service is unreachable.
+Exit status: 0 on success, 2 on invalid input, 1 when no trial succeeded or a service is unreachable,
+3 when the search finished but some trials failed, 128+N when signal N (Ctrl-C, SIGTERM) stopped it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-EXIT_INVALID, EXIT_FAILED = 2, 1
+EXIT_INVALID, EXIT_FAILED, EXIT_PARTIAL = 2, 1, 3
 
 
 def _add_uri(p: argparse.ArgumentParser) -> None:
@@ -37,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address: auto or HOST:PORT (default: $RAY_ADDRESS or local)")
     _add_uri(p)
     p.add_argument("--storage", help="where Ray keeps checkpoints and the source cache (default: ./tunetl_runs)")
-    p.add_argument("--resume", action="store_true", help="finish the latest unfinished search of this experiment")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the latest search of this experiment (an unfinished one is resumed anyway)")
+    p.add_argument("--new", action="store_true", help="start a new search even if an unfinished one exists")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     p.set_defaults(func=cmd_run)
 
@@ -51,10 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("export", help="write every trial of an experiment to Parquet")
-    p.add_argument("--experiment", required=True, action="append")
+    p.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
+    p.add_argument("--from-storage", metavar="DIR",
+                   help="read Ray's results under this --storage instead of MLflow (no tracking server needed)")
+    p.add_argument("--run", help="with --from-storage: one search folder (NAME_YYYYmmdd-HHMMSS) or experiment name")
     p.add_argument("--out", required=True, help="FILE.parquet")
     _add_uri(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sync", help="write into MLflow what Ray's results hold and MLflow lacks (after an outage)")
+    p.add_argument("--storage", required=True, help="the --storage of `tunetl run`, or one search folder in it")
+    p.add_argument("--run", help="one search folder (NAME_YYYYmmdd-HHMMSS) or experiment name (default: all)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the search recorded to)")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("report", help="plots and tables (PNG, Markdown, CSV, HTML) of an experiment")
     p.add_argument("--experiment", required=True, action="append")
@@ -97,19 +109,28 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from tunetl import api
 
-    summary = api.run(
-        args.experiment,
-        overrides=args.overrides,
-        name=args.name,
-        address=args.address,
-        tracking_uri=args.tracking_uri,
-        storage=args.storage,
-        resume=args.resume,
-        num_cpus=args.num_cpus,
-    )
+    try:
+        summary = api.run(
+            args.experiment,
+            overrides=args.overrides,
+            name=args.name,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            storage=args.storage,
+            resume=args.resume,
+            new=args.new,
+            num_cpus=args.num_cpus,
+        )
+    except api.SearchInterrupted as stop:
+        print(f"\ntunetl: {stop}", file=sys.stderr)
+        return 128 + (stop.signal or 2)
     print()
     print(f"{summary.num_trials} trial(s), {summary.num_failed} failed, {summary.seconds:.0f} s; "
           f"MLflow experiment {summary.experiment!r}, parent run {summary.parent_run_id}")
+    failed = summary.trials[summary.trials["status"] == "FAILED"] if len(summary.trials) else summary.trials
+    for _, row in failed.iterrows():
+        error = str(row.get("error") or "").strip().splitlines()
+        print(f"FAILED trial, MLflow run {row['run_id']}: {error[-1] if error else 'see its tunetl.error tag'}")
     frame = summary.trials
     pivot = api.condition_summary(frame)
     if pivot is not None:
@@ -120,7 +141,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(_best_text(summary.best, api.varying_params(frame)))
     print(f"\nNext: tunetl best --experiment {summary.experiment} --group-by images_per_label")
     print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")
-    return 0 if summary.ok else EXIT_FAILED
+    if not summary.ok:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if summary.num_failed else 0
 
 
 def _best_text(frame: pd.DataFrame, varying: list[str] | None = None) -> str:
@@ -150,9 +173,29 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tunetl import api
+    from tunetl.config import ConfigError
 
-    path = api.export(args.experiment, args.out, args.tracking_uri)
+    if bool(args.experiment) == bool(args.from_storage):
+        raise ConfigError("export: give --experiment NAME (read MLflow) or --from-storage DIR (read Ray's results)")
+    if args.from_storage:
+        path = api.export_storage(args.from_storage, args.out, run=args.run)
+    else:
+        path = api.export(args.experiment, args.out, args.tracking_uri)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    for r in api.sync(args.storage, run=args.run, tracking_uri=args.tracking_uri):
+        done = ("nothing to add" if not r.changed else
+                f"{r.runs_created} run(s) created, {r.params_logged} param(s) and {r.metrics_logged} metric "
+                f"value(s) logged, {r.runs_closed} run(s) closed" + (", parent run closed" if r.parent_closed else ""))
+        note = f"; {r.duplicates} trial(s) have more than one run" if r.duplicates else ""
+        made = " (new parent run)" if r.parent_created else ""
+        print(f"{r.search}: {r.trials} trial(s) -> experiment {r.experiment!r}, parent run {r.parent_run_id}{made}: "
+              f"{done}{note}")
     return 0
 
 

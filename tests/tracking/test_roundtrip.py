@@ -280,7 +280,7 @@ def test_trial_logger_pickles_and_a_search_without_trials_is_empty(sqlite_uri: s
     recorder.start_parent({}, {})
     logger = recorder.trial_logger()
     assert pickle.loads(pickle.dumps(logger)) == logger
-    assert all(isinstance(v, str) for v in vars(logger).values())
+    assert all(isinstance(v, (str, float)) for v in vars(logger).values())  # plain values only
 
     empty = load_trials("pickle", sqlite_uri)
     assert empty.empty and {"run_id", "status", "val_acc", "best_val_acc", "epochs_run"} <= set(empty.columns)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig
 from tunetl.search.space import SearchSpace
+from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
 from tunetl.search.tune_space import GroupKey, OptunaSpace, grid_param_space
 
@@ -31,14 +34,30 @@ class SearchError(RuntimeError):
 
 @dataclass
 class SearchOutcome:
-    path: Path
+    path: Path | str
     num_trials: int
     num_errors: int
     seconds: float
+    #: Trials neither finished nor failed: the search was stopped (Ctrl-C, SIGTERM) and can be resumed.
+    num_incomplete: int = 0
+    #: The signal that stopped the search, if one did.
+    signal: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.num_incomplete > 0 or self.signal is not None
 
 
 def default_storage() -> Path:
     return (Path.cwd() / "tunetl_runs").resolve()
+
+
+def open_storage(text: str | Path | None) -> Storage:
+    """The search storage from `--storage` (default ./tunetl_runs); a bad URI is a SearchError naming it."""
+    try:
+        return Storage(text if text else default_storage())
+    except StorageError as err:
+        raise SearchError(str(err)) from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -80,27 +99,19 @@ def check_resources(experiment: ExperimentConfig) -> None:
     )
 
 
-def _can_write(path: str) -> str | None:
-    """None when `path` is a writable folder here (created if missing), else why not."""
-    import tempfile
-
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".tunetl-probe-"):
-            pass
-    except OSError as err:
-        return f"{type(err).__name__}: {err.strerror or err}"
-    return None
+def _can_write(storage: Storage) -> str | None:
+    """None when this process can write `storage`, else why not (run on each node)."""
+    return storage.probe()
 
 
-def check_storage(storage: Path) -> None:
-    """Every node must be able to write the storage path (checkpoints, source cache) before trials start."""
+def check_storage(storage: Storage) -> None:
+    """Every node must be able to write the storage (checkpoints, source cache) before trials start."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    local = _can_write(str(storage))
+    local = storage.probe()
     if local is not None:
-        raise SearchError(f"--storage {storage}: cannot write there from this machine ({local})")
+        raise SearchError(f"--storage {storage.display()}: cannot write there from this machine ({local})")
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     if len(nodes) < 2:
         return
@@ -108,16 +119,15 @@ def check_storage(storage: Path) -> None:
     refs = {
         n["NodeID"]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(str(storage))
+        ).remote(storage)
         for n in nodes
     }
     failed = {node: why for node, why in zip(refs, ray.get(list(refs.values()), timeout=120)) if why}
     if failed:
         detail = "; ".join(f"node {node[:12]}: {why}" for node, why in failed.items())
-        raise SearchError(
-            f"--storage {storage}: not writable from every Ray node ({detail}); give a path all nodes "
-            "mount (e.g. NFS at the same path)"
-        )
+        hint = ("give the nodes credentials for it (e.g. AWS_* variables in their environment)" if not storage.is_local
+                else "give a path all nodes mount (e.g. NFS at the same path) or an s3:// or gs:// URI")
+        raise SearchError(f"--storage {storage.display()}: not writable from every Ray node ({detail}); {hint}")
 
 
 class MlflowFinalizer(tune.Callback):
@@ -170,7 +180,7 @@ def build_tuner(
     *,
     bundles: list[TaskBundle],
     recorder: TrialRecorder | None,
-    storage: Path,
+    storage: Storage,
     run_name: str,
     warm_start: list[dict[str, Any]] | None = None,
 ) -> Any:
@@ -234,7 +244,8 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage.path(),
+            storage_filesystem=storage.fs,
             failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             progress_reporter=_reporter(),
@@ -244,36 +255,118 @@ def build_tuner(
     )
 
 
-def write_state(path: Path, body: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / STATE_FILE).write_text(json.dumps(body, indent=2))
+def write_state(storage: Storage, run: str, body: dict[str, Any]) -> None:
+    """Write a search's state file whole (a killed driver never leaves half a file)."""
+    storage.write_text(json.dumps(body, indent=2), run, STATE_FILE)
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    return json.loads((path / STATE_FILE).read_text())
+def read_state(storage: Storage, run: str) -> dict[str, Any]:
+    return dict(json.loads(storage.read_text(run, STATE_FILE)))
 
 
-def latest_run_dir(storage: Path, experiment_name: str) -> Path | None:
-    """The newest search folder of this experiment under `storage` (for `--resume`)."""
-    runs = sorted(storage.glob(f"{experiment_name}_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent if runs else None
+def mark_state(storage: Storage, run: str, **fields: Any) -> None:
+    write_state(storage, run, {**read_state(storage, run), **fields})
 
 
-def fit(tuner: Any, started: float, path: Path) -> SearchOutcome:
-    results = tuner.fit()
+class DriverLock:
+    """Held by the driver of a search for as long as it runs (the kernel drops it if the driver is killed),
+    so that a second `tunetl run` never resumes a search another driver is still running. On object
+    stores, which have no locks, it guards against drivers on the same machine only."""
+
+    NAME = ".driver.lock"
+
+    def __init__(self, storage: Storage, run: str) -> None:
+        self.path = storage.lock_file(run, self.NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
+    """The newest search of this experiment in `storage`, finished or not (its folder name)."""
+    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
+    return runs[-1][0] if runs else None
+
+
+def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | None, str | None]:
+    """(newest unfinished search of this experiment no driver holds, newest one that a driver holds)."""
+    busy = None
+    for run, _ in reversed(storage.subfolders_with(f"{experiment_name}_", STATE_FILE)):
+        try:
+            if read_state(storage, run).get("finished"):
+                continue
+        except (OSError, ValueError):
+            continue
+        lock = DriverLock(storage, run)
+        if lock.acquire():
+            lock.release()
+            return run, busy
+        busy = busy or run
+    return None, busy
+
+
+def _forward_to_tune(received: list[int]) -> Any:
+    """A SIGTERM handler that stops the search the way Ctrl-C does: Tune saves its state and returns."""
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        tune_handler = signal.getsignal(signal.SIGUSR1)
+        if callable(tune_handler):
+            tune_handler(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    return handler
+
+
+def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
+    """Run the Tuner; SIGTERM (e.g. a scheduler preempting the driver) stops it gracefully, like Ctrl-C."""
+    received: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _forward_to_tune(received)) if main else None
+    try:
+        results = tuner.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     errors = sum(1 for r in results if r.error is not None)
     return SearchOutcome(
         path=path,
         num_trials=len(results),
         num_errors=errors,
         seconds=time.perf_counter() - started,
+        num_incomplete=len(results) - results.num_terminated - results.num_errors,
+        signal=received[0] if received else None,
     )
 
 
-def restore_tuner(path: Path, experiment: ExperimentConfig, **kwargs: Any) -> Any:
+def can_restore(storage: Storage, run: str) -> bool:
+    return bool(tune.Tuner.can_restore(storage.path(run), storage_filesystem=storage.fs))
+
+
+def restore_tuner(storage: Storage, run: str, experiment: ExperimentConfig, **kwargs: Any) -> Any:
+    """Tune's state of an earlier search: finished trials are kept, failed and unfinished ones continue
+    from their last checkpoint."""
     trainable = tune.with_parameters(run_trial, **kwargs)
     res = experiment.resources
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
-    if not tune.Tuner.can_restore(str(path)):
-        raise SearchError(f"{path} holds no resumable Tune state; run without --resume to start a new search")
-    return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    if not can_restore(storage, run):
+        raise SearchError(f"{storage.display(run)} holds no resumable Tune state; run with --new to start over")
+    return tune.Tuner.restore(storage.path(run), trainable=trainable, resume_errored=True,
+                              storage_filesystem=storage.fs)

@@ -8,6 +8,7 @@ retried or resumed trial keeps one MLflow run.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -22,6 +23,8 @@ import torch
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
 from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
+from tunetl.search.faults import maybe_fail
+from tunetl.search.results import RECORD_KEY
 from tunetl.search.space import SearchSpace
 from tunetl.search.tune_space import trial_params, trial_seed
 from tunetl.trial import EpochMetrics, TrialRunner, pick_device
@@ -44,10 +47,11 @@ class TaskBundle:
 class TrialRecorder(Protocol):
     """What a trial needs from the tracking layer (implemented by `tunetl.tracking.TrialLogger`)."""
 
-    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str: ...
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str | None: ...
     def find_run(self, trial_id: str) -> str | None: ...
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None: ...
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+    def reopen(self, run_id: str, tags: dict[str, str]) -> int: ...
     def finish(
         self,
         run_id: str,
@@ -104,6 +108,7 @@ def run_trial(
         device=pick_device(experiment.resources.gpu),
     )
     run_id: str | None = None
+    logged = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -112,10 +117,17 @@ def run_trial(
         run_id = state.get("run_id") or None
     if recorder is not None and run_id is None:
         run_id = recorder.find_run(trial_id)
+    if recorder is not None and run_id is not None:
+        # A retried or resumed trial: its run may have been closed (KILLED) when the driver stopped.
+        logged = recorder.reopen(run_id, {"tunetl.restored_epoch": str(runner.epoch)})
+    run_params = logged_params(runner.params, experiment, task, seed, source)
+    run_params.update(_trial_features(runner, features))
+    run_tags = {**_node_tags(trial_id), "mlflow.runName": trial_label(runner)}
     if recorder is not None and run_id is None:
-        run_params = logged_params(runner.params, experiment, task, seed, source)
-        run_params.update(_trial_features(runner, features))
-        run_id = recorder.start(run_params, tags={**_node_tags(trial_id), "mlflow.runName": trial_label(runner)})
+        run_id = recorder.start(run_params, tags=run_tags)
+    # The run's params and tags also go into Ray's results (first report of this attempt), so that
+    # `tunetl sync` / `export --from-storage` can rebuild the run when MLflow missed it.
+    record: str | None = json.dumps({"params": run_params, "tags": run_tags})
     epochs = experiment.training.epochs
     interval = experiment.training.checkpoint_interval_s
     last_checkpoint = time.monotonic()
@@ -124,12 +136,15 @@ def run_trial(
         while runner.epoch < epochs:
             m = runner.run_epoch()
             diverged = not math.isfinite(m.train_loss)
-            if recorder is not None and run_id is not None:
+            # An epoch redone after a restart is the same computation (resume is bit for bit): log it once.
+            if recorder is not None and run_id is not None and m.epoch > logged:
                 recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
             save = diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
-            _report(runner, m, run_id, diverged, save)
+            _report(runner, m, run_id, diverged, save, record)
+            record = None
             if save:
                 last_checkpoint = time.monotonic()
+            maybe_fail(trial_id, trial_label(runner), m.epoch)
             if diverged:
                 break
         # The driver's MlflowFinalizer closes this run too (it must: ASHA-stopped trials never get
@@ -165,7 +180,9 @@ def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 
-def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool) -> None:
+def _report(
+    runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool, record: str | None = None
+) -> None:
     """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot)."""
     from ray import tune
 
@@ -178,6 +195,8 @@ def _report(runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: 
         "mlflow_run_id": run_id or "",
         "trial": trial_label(runner),
     }
+    if record is not None:
+        metrics[RECORD_KEY] = record
     if not save:
         tune.report(metrics)
         return
@@ -205,4 +224,5 @@ def _node_tags(trial_id: str) -> dict[str, str]:
         "tunetl.node": ray.get_runtime_context().get_node_id(),
         "tunetl.host": os.uname().nodename,
         "tunetl.trial_id": trial_id,
+        "tunetl.pid": str(os.getpid()),
     }

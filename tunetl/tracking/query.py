@@ -20,6 +20,7 @@ from tunetl.tracking.trial_logger import (
     PARENT_TAG,
     STOPPED_EARLY_TAG,
     client_for,
+    encode_param,
 )
 from tunetl.tracking.uri import TrackingError, redact
 
@@ -172,6 +173,21 @@ def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame
         dtype="int64",
     )
     return frame
+
+
+def typed_trials(frame: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
+    """A trials frame built from another record of the runs (Ray's results, `tunetl.search.results`),
+    typed and ordered as `load_trials` orders MLflow's: each parameter takes the same text round trip
+    (`encode_param` -> `restore_value`), so both exports of one search hold equal values."""
+    out = frame[[c for c in RUN_COLUMNS if c in frame.columns]].copy()
+    for name in _param_order(set(param_cols)):
+        values = [None if v is None else restore_value(encode_param(v)) for v in frame[name]]
+        out[name] = _column(name, values).set_axis(frame.index)
+    metrics = [c for c in (*EPOCH_METRICS, "best_val_acc") if c in frame.columns]
+    rest = [c for c in frame.columns if c not in out.columns and c not in metrics and c != "epochs_run"]
+    for col in [*metrics, *(["epochs_run"] if "epochs_run" in frame.columns else []), *rest]:
+        out[col] = frame[col]
+    return out
 
 
 def default_config_cols(frame: pd.DataFrame) -> list[str]:

@@ -6,14 +6,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s
 from tunetl.tracking.trial_logger import (
+    ORPHAN_TAG,
+    PARENT_TAG,
     TrialLogger,
     check_status,
     client_for,
     log_metrics,
     log_params,
 )
-from tunetl.tracking.uri import TrackingError, redact
+from tunetl.tracking.uri import TrackingError, TrackingUnavailable, redact
 
 
 def _artifact_root(tracking_uri: str, name: str) -> str | None:
@@ -84,13 +87,49 @@ class SearchRecorder:
         )
 
     def end_parent(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> None:
-        """Log the search summary (e.g. trial counts, best accuracy) and end the parent run."""
+        """Log the search summary (e.g. trial counts, best accuracy) and end the parent run.
+
+        Re-sends first what the driver kept through an outage (child runs its Tune callback closed);
+        a store still down after `TUNETL_TRACKING_WAIT_S` (60 s) raises TrackingUnavailable naming
+        `tunetl sync`.
+        """
         run_id = self._require_parent()
         check_status(status)
         client = client_for(self.tracking_uri)
         finite = {k: v for k, v in (summary or {}).items() if v is not None and math.isfinite(v)}
-        log_metrics(client, run_id, finite, step=0)
-        client.set_terminated(run_id, status=status)
+
+        def end() -> None:
+            log_metrics(client, run_id, finite, step=0)
+            client.set_terminated(run_id, status=status)
+
+        wait_s = configured_wait_s()
+        self.trial_logger().flush(wait_s)
+        try:
+            call(end, what="the end of the search's parent run", where=redact(self.tracking_uri), wait_s=wait_s)
+        except StoreUnavailable as err:
+            raise TrackingUnavailable(
+                f"{err}; the search's results are in Ray's storage: run `tunetl sync --storage DIR` "
+                "once MLflow is back"
+            ) from None
+        except StoreRefused as err:
+            raise TrackingError(str(err)) from None
+
+    def close_open_children(self, status: str, reason: str) -> int:
+        """End this search's child runs still RUNNING, tagged `tunetl.orphan` with `reason`; return how many.
+
+        After an interrupt they are the trials that were in flight (a resume reopens them); after a
+        finished search they are runs of a killed driver that no restored trial took over.
+        """
+        from mlflow.entities import RunTag
+
+        check_status(status)
+        client = client_for(self.tracking_uri)
+        flt = f"tags.`{PARENT_TAG}` = '{self._require_parent()}' and attributes.status = 'RUNNING'"
+        runs = client.search_runs([self.experiment_id], filter_string=flt, max_results=5000)
+        for run in runs:
+            client.log_batch(run.info.run_id, tags=[RunTag(ORPHAN_TAG, reason)])
+            client.set_terminated(run.info.run_id, status=status)
+        return len(runs)
 
     def trial_logger(self) -> TrialLogger:
         """A picklable logger that writes child runs under this search's parent run."""

@@ -1,18 +1,28 @@
 """Worker side: one child MLflow run per trial, written from wherever Ray runs the trial.
 
-`TrialLogger` carries only strings so that it pickles into any Ray worker; the MLflow client is made
+`TrialLogger` carries only strings and a number so that it pickles into any Ray worker; the MLflow client is made
 (and cached) in the process that uses it. Everything goes through `MlflowClient` with explicit ids, never
 the fluent API, whose global state (`MLFLOW_EXPERIMENT_ID`) leaks between searches.
+
+A store outage never fails a trial (`tracking.retry`): records the store did not take are kept in this
+process (`_PENDING`) and re-sent, oldest first, by the next call that reaches it; whatever is still missing
+when the search ends is restored from Ray's results by `tunetl sync`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s, store_down, warn
+from tunetl.tracking.uri import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -23,18 +33,43 @@ ERROR_TAG = "tunetl.error"
 NODE_TAG = "tunetl.node"
 TRIAL_ID_TAG = "tunetl.trial_id"
 DIVERGED_TAG = "tunetl.diverged"
+RETRIED_ERROR_TAG = "tunetl.retried_error"
+ORPHAN_TAG = "tunetl.orphan"
 MAX_ERROR_CHARS = 5000
 _MAX_PARAM_CHARS = 6000
 _MAX_PARAMS_PER_BATCH = 100
+_MAX_TAGS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 900
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def _init_lock_path(tracking_uri: str) -> Path | None:
+    """The lock that serialises creating a SQLite store's tables, or None for other stores."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = tracking_uri.removeprefix("sqlite:///").partition("?")[0]
+    if db in ("", ":memory:"):
+        return None
+    digest = hashlib.sha256(str(Path(db).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"tunetl-sqlite-init-{digest}.lock"
 
 
 @lru_cache(maxsize=16)
 def client_for(tracking_uri: str) -> MlflowClient:
-    """One client per URI and process (a SQLite store sets up its engine once)."""
+    """One client per URI and process (a SQLite store sets up its engine once).
+
+    MLflow creates a new SQLite file's tables on first use without a lock, so two `tunetl run`s
+    starting on one new file crashed with "table ... already exists"; the first client of each
+    process is made under a file lock (beside MLflow's own in the temp folder: one machine).
+    """
+    from filelock import FileLock
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    lock = _init_lock_path(tracking_uri)
+    if lock is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    with FileLock(str(lock), timeout=300):
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def encode_param(value: Any) -> str:
@@ -74,31 +109,121 @@ def check_status(status: str) -> str:
     return status
 
 
+@dataclass
+class _Pending:
+    """What the store has not taken yet for one run: params, metrics, tags, then the end of the run."""
+
+    params: list[Any] = field(default_factory=list)
+    metrics: list[Any] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    status: str | None = None
+
+    def empty(self) -> bool:
+        return not (self.params or self.metrics or self.tags or self.status)
+
+
+#: (tracking URI, run id) -> records kept through an outage, in this process, oldest run first.
+_PENDING: dict[tuple[str, str], _Pending] = {}
+
+
 @dataclass(frozen=True)
 class TrialLogger:
-    """Writes one trial's child run under the search's parent run."""
+    """Writes one trial's child run under the search's parent run.
+
+    `wait_s`: how long (from the start of an outage) creating, finding or ending a run waits for the
+    store to come back before the trial goes on without it (read where the logger is made: the driver).
+    """
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    wait_s: float = field(default_factory=configured_wait_s)
 
     def _client(self) -> MlflowClient:
         return client_for(self.tracking_uri)
 
-    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-        """Create the child run (tagged with its parent), log its params; return its run id."""
+    def _call(self, fn: Any, what: str, wait_s: float = 0.0) -> Any:
+        return call(fn, what=what, where=redact(self.tracking_uri), wait_s=wait_s)
+
+    def _pending(self, run_id: str) -> _Pending:
+        return _PENDING.setdefault((self.tracking_uri, run_id), _Pending())
+
+    def _deliver(self, fn: Any, what: str, run_id: str, wait_s: float) -> None:
+        """One write; a write the store refuses is dropped with a warning, an unreachable store raises."""
+        try:
+            self._call(fn, what, wait_s)
+        except StoreRefused as err:
+            warn(f"{err}; dropped that write to run {run_id}")
+
+    def _send(self, run_id: str, p: _Pending, wait_s: float) -> None:
+        """Everything `p` holds, in order; what the store took leaves `p` at once (a retry re-sends the rest)."""
+        from mlflow.entities import RunTag
+
+        client = self._client()
+        while p.params:
+            batch = p.params[:_MAX_PARAMS_PER_BATCH]
+            self._deliver(lambda: client.log_batch(run_id, params=batch), "a trial's params", run_id, wait_s)
+            del p.params[: len(batch)]
+        while p.metrics:
+            metrics = p.metrics[:_MAX_METRICS_PER_BATCH]
+            self._deliver(lambda: client.log_batch(run_id, metrics=metrics), "a trial's metrics", run_id, wait_s)
+            del p.metrics[: len(metrics)]
+        while p.tags:  # apart from the metrics: a refused tag must not take an epoch with it
+            tags = dict(list(p.tags.items())[:_MAX_TAGS_PER_BATCH])
+            entities = [RunTag(k, v) for k, v in tags.items()]
+            self._deliver(lambda: client.log_batch(run_id, tags=entities), "a trial's tags", run_id, wait_s)
+            for key in tags:
+                if p.tags.get(key) == tags[key]:
+                    del p.tags[key]
+        if p.status is not None:
+            status = p.status
+            self._deliver(lambda: client.set_terminated(run_id, status=status), "the end of a trial's run", run_id,
+                          wait_s)
+            p.status = None
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Re-send what this process holds for this store, oldest run first; True when nothing is left."""
+        for key in [k for k in _PENDING if k[0] == self.tracking_uri]:
+            try:
+                self._send(key[1], _PENDING[key], wait_s)
+            except StoreUnavailable:
+                return False
+            _PENDING.pop(key, None)
+        return True
+
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str | None:
+        """Create the child run (tagged with its parent), log its params; return its run id.
+
+        None when the store stayed unreachable for `wait_s`: the trial trains on without a run and
+        `tunetl sync` creates it later from Ray's results.
+        """
+        from mlflow.entities import Param
+
         all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         all_tags[PARENT_TAG] = self.parent_run_id
-        run = self._client().create_run(
-            self.experiment_id, tags=all_tags, run_name=all_tags.get("mlflow.runName")
-        )
-        run_id: str = run.info.run_id
+        trial_id = all_tags.get(TRIAL_ID_TAG)
+
+        def create() -> str:
+            # A create that failed in transit may still have landed: look before creating again.
+            if trial_id and store_down(redact(self.tracking_uri)):
+                found = self._find(trial_id)
+                if found:
+                    return found
+            run = self._client().create_run(self.experiment_id, tags=all_tags, run_name=all_tags.get("mlflow.runName"))
+            return str(run.info.run_id)
+
+        try:
+            run_id: str = self._call(create, "a new trial run", self.wait_s)
+        except (StoreUnavailable, StoreRefused) as err:
+            warn(f"{err}; the trial trains on without an MLflow run (`tunetl sync` creates it from Ray's results)")
+            return None
         if params:
-            log_params(self._client(), run_id, params)
+            self._pending(run_id).params.extend(Param(str(k), encode_param(v)) for k, v in params.items())
+            if not self.flush(self.wait_s):
+                warn(f"the params of run {run_id} are kept to re-send (`tunetl sync` also restores them)")
         return run_id
 
-    def find_run(self, trial_id: str) -> str | None:
-        """The child run a Tune trial already has (after a retry or a resume), so it is never duplicated."""
+    def _find(self, trial_id: str) -> str | None:
         runs = self._client().search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
@@ -106,14 +231,62 @@ class TrialLogger:
         )
         return runs[0].info.run_id if runs else None
 
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+    def find_run(self, trial_id: str) -> str | None:
+        """The child run a Tune trial already has (after a retry or a resume), so it is never duplicated.
 
-        self._client().log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+        None also when the store stayed unreachable for `wait_s` (said on stderr).
+        """
+        try:
+            found: str | None = self._call(lambda: self._find(trial_id), "a lookup of a trial's run", self.wait_s)
+        except (StoreUnavailable, StoreRefused) as err:
+            warn(f"{err}; could not look up the run of trial {trial_id}")
+            return None
+        return found
+
+    def reopen(self, run_id: str, tags: dict[str, str]) -> int:
+        """Mark a retried or resumed trial's run RUNNING again (the driver may have closed it as KILLED);
+        return the last epoch it has metrics for, so that epochs redone from an older checkpoint are
+        not logged twice.
+
+        The error of the failed attempt moves to `tunetl.retried_error`: `tunetl.error` is kept for runs
+        that end FAILED.
+        """
+        # An end kept from an earlier attempt in this process must not close the run again.
+        self._pending(run_id).status = None
+        try:
+            return int(self._call(lambda: self._reopen(run_id, tags), "the reopening of a trial's run", self.wait_s))
+        except (StoreUnavailable, StoreRefused) as err:
+            warn(f"{err}; run {run_id} keeps its earlier status until `tunetl sync`")
+            return 0
+
+    def _reopen(self, run_id: str, tags: dict[str, str]) -> int:
+        client = self._client()
+        known = client.get_run(run_id).data.tags
+        error = known.get(ERROR_TAG)
+        self.set_tags(run_id, {**tags, **({RETRIED_ERROR_TAG: error} if error else {})})
+        for stale in (ERROR_TAG, ORPHAN_TAG):
+            if stale in known:
+                client.delete_tag(run_id, stale)
+        client.update_run(run_id, status="RUNNING")
+        return max((m.step for m in client.get_metric_history(run_id, "val_acc")), default=0)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tags on the run; kept and re-sent if the store is down (never raises)."""
+        self._pending(run_id).tags.update({str(k): str(v) for k, v in tags.items()})
+        self.flush()
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch."""
-        log_metrics(self._client(), run_id, metrics, step=epoch)
+        """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch.
+
+        Never waits on a store that is down and never raises: the metrics are kept, with their
+        original timestamps, and go with the next call that reaches the store.
+        """
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, int(epoch)) for k, v in metrics.items() if v is not None]
+        self._pending(run_id).metrics.extend(items)
+        self.flush()
 
     def finish(
         self,
@@ -125,18 +298,31 @@ class TrialLogger:
         error: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        """Record the outcome (best_val_acc, stopped-early flag, error text) and end the run."""
-        from mlflow.entities import Metric, RunTag
+        """Record the outcome (best_val_acc, stopped-early flag, error text) and end the run.
+
+        Sends what the process still holds for the store first, waiting up to `wait_s` from the start
+        of an outage; never raises for the store (what stays unsent is said on stderr).
+        """
+        from mlflow.entities import Metric
 
         check_status(status)
-        client = self._client()
+        pending = self._pending(run_id)
         run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         run_tags[STOPPED_EARLY_TAG] = "true" if stopped_early else "false"
         if status == "FAILED":
-            known = client.get_run(run_id).data.tags.get(ERROR_TAG)
-            run_tags[ERROR_TAG] = (error or known or "unknown error")[:MAX_ERROR_CHARS]
-        metrics = []
+            known = error or pending.tags.get(ERROR_TAG) or self._known_error(run_id)
+            run_tags[ERROR_TAG] = (known or "unknown error")[:MAX_ERROR_CHARS]
         if best_val_acc is not None and math.isfinite(best_val_acc):
-            metrics.append(Metric("best_val_acc", float(best_val_acc), int(time.time() * 1000), 0))
-        client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in run_tags.items()])
-        client.set_terminated(run_id, status=status)
+            pending.metrics.append(Metric("best_val_acc", float(best_val_acc), int(time.time() * 1000), 0))
+        pending.tags.update(run_tags)
+        pending.status = status
+        if not self.flush(self.wait_s):
+            warn(f"run {run_id} is not closed in MLflow yet: its records are kept to re-send with this "
+                 "process's next call, and `tunetl sync --storage DIR` restores them from Ray's results")
+
+    def _known_error(self, run_id: str) -> str | None:
+        try:
+            run = self._call(lambda: self._client().get_run(run_id), "a read of a trial's run")
+        except (StoreUnavailable, StoreRefused):
+            return None
+        return run.data.tags.get(ERROR_TAG)  # type: ignore[no-any-return]

@@ -1,0 +1,321 @@
+"""A search's trials read back from Ray's storage, with no MLflow at all.
+
+Ray keeps every result a trial reported (`result.json` in the trial's folder, one JSON line per epoch)
+and each trial's status (`experiment_state-*.json`, read through `tune.ExperimentAnalysis`) in the
+search folder `<storage>/<name>_<timestamp>/`, beside tunetl's own `tunetl_search.json` (experiment,
+parent run, tracking URI, configuration). The first result of each trial attempt also carries the
+params and tags of its MLflow run (`RECORD_KEY`). Together that is a complete record of a search that
+no tracking server can lose: `tunetl export --from-storage` reads it, and `tunetl sync` writes into
+MLflow whatever an outage kept from it. Storage in an object store (`s3://...`) is read by copying
+these small files (never the checkpoints) to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunetl.search.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Key of the first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
+RECORD_KEY = "tunetl_record"
+EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss")
+#: Ray Tune trial status -> MLflow run status; any other (PENDING, RUNNING, PAUSED) is an unfinished trial.
+_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
+_MAX_ERROR_CHARS = 5000
+
+
+@dataclass
+class StoredTrial:
+    """One trial as Ray recorded it."""
+
+    trial_id: str
+    #: FINISHED (completed or stopped by the scheduler), FAILED, or RUNNING (the search did not finish).
+    status: str
+    #: The MLflow run the trial logged to, if it had one.
+    run_id: str | None
+    params: dict[str, Any]
+    tags: dict[str, str]
+    #: One dict per epoch, ascending: `epoch`, `timestamp` (s) and the metrics present in `EPOCH_METRICS`.
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    diverged: bool = False
+    stopped_early: bool = False
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("FINISHED", "FAILED")
+
+
+@dataclass
+class StoredSearch:
+    """One `tunetl run` (a search folder) as Ray recorded it."""
+
+    #: The search folder: a local path, or a URI in an object store.
+    path: str
+    experiment: str
+    parent_run_id: str | None
+    tracking_uri: str | None
+    trials: list[StoredTrial]
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def finished(self) -> bool:
+        return all(t.finished for t in self.trials)
+
+
+def _state_file() -> str:
+    from tunetl.search.runner import STATE_FILE
+
+    return STATE_FILE
+
+
+def _storage(storage: str | Path) -> Storage:
+    return Storage(storage)
+
+
+def search_names(storage: str | Path, run: str | None = None) -> list[str]:
+    """The search folders in `storage`, oldest first ("" when `storage` is one search folder itself).
+
+    `run` picks one by folder name (`quickstart_20260101-120000`) or every search of an experiment name.
+    """
+    store = _storage(storage)
+    state = _state_file()
+    if store.exists(state):
+        found = [""]
+    else:
+        found = [name for name, _ in store.subfolders_with("", state)]
+        if run is not None:
+            found = [n for n in found if n == run or n.rsplit("_", 1)[0] == run]
+    if not found:
+        which = f" named {run!r}" if run else ""
+        raise StorageError(
+            f"--storage {store.display()}: no tunetl search folder{which} (a folder holding {state}); give the "
+            "--storage that `tunetl run` wrote to" + (", or leave out --run" if run else "")
+        )
+    return found
+
+
+#: The files of a search folder this module reads: small ones, never checkpoints.
+_TOP_FILES = re.compile(r"^(tunetl_search\.json|experiment_state.*\.json|.*-state-.*\.json|tuner\.pkl)$")
+_TRIAL_FILES = frozenset({"result.json", "params.json", "params.pkl", "error.txt", "error.pkl"})
+
+
+def _fetch(store: Storage, name: str, local: Path) -> None:
+    """Copy the result and state files (not the checkpoints) of an object-store search into `local`."""
+    import pyarrow.fs as pafs
+
+    root = store.path(name) if name else store.path()
+    for info in store.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root):].lstrip("/")
+        parts = rel.split("/")
+        wanted = (len(parts) == 1 and _TOP_FILES.match(parts[0])) or (len(parts) == 2 and parts[1] in _TRIAL_FILES)
+        if info.type == pafs.FileType.File and wanted:
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            with store.fs.open_input_stream(info.path) as f:
+                (local / rel).write_bytes(bytes(f.read()))
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The results Ray wrote, one JSON object per line; a line cut off by a killed process is skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _trial_statuses(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None]]:
+    """trial id -> (Tune status, config, trial folder, error file name) from Tune's experiment state."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(path))
+    except (ValueError, FileNotFoundError, OSError, RuntimeError):
+        return {}
+    out = {}
+    for trial in analysis.trials:
+        folder = Path(trial.storage.trial_fs_path)
+        if not folder.is_dir():  # the search folder moved since: the trial folder name is the same
+            folder = path / folder.name
+        out[trial.trial_id] = (str(trial.status), dict(trial.config), folder, trial.run_metadata.error_filename)
+    return out
+
+
+def _scanned_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None]]:
+    """Trials found by their folders when Tune never wrote its state (a driver killed at the start)."""
+    out = {}
+    for params_file in sorted(path.glob("*/params.json")):
+        folder = params_file.parent
+        lines = _read_lines(folder / "result.json")
+        trial_id = lines[-1].get("trial_id") if lines else None
+        match = _TRIAL_ID.search(folder.name)
+        trial_id = trial_id or (match.group(1) if match else folder.name)
+        error = "error.txt" if (folder / "error.txt").is_file() else None
+        out[str(trial_id)] = ("ERROR" if error else "RUNNING", json.loads(params_file.read_text()), folder, error)
+    return out
+
+
+def _fallback_params(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Search parameters rebuilt from the Tune config when no result carried the run's params."""
+    from tunetl.config import ExperimentConfig
+    from tunetl.search.space import parse_space
+    from tunetl.search.tune_space import trial_params, trial_seed
+
+    if "config" not in state:
+        return {}
+    exp = ExperimentConfig.model_validate(state["config"])
+    params = trial_params(parse_space(exp.search_space), config)
+    return {**params, "backbone": exp.backbone, "seed": trial_seed(config, exp.seeds), "epochs": exp.training.epochs}
+
+
+def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per epoch; a restored trial that reported an epoch twice keeps its later report."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        if "epoch" not in line:
+            continue
+        entry = {"epoch": int(line["epoch"]), "timestamp": line.get("timestamp")}
+        entry.update({m: float(line[m]) for m in EPOCH_METRICS if isinstance(line.get(m), (int, float))})
+        by_epoch[entry["epoch"]] = entry
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _trial(
+    trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None, state: dict[str, Any]
+) -> StoredTrial | None:
+    lines = _read_lines(folder / "result.json")
+    record = next((json.loads(line[RECORD_KEY]) for line in lines if line.get(RECORD_KEY)), None)
+    if not lines and status not in _STATUS:
+        return None  # never started: no run exists for it anywhere
+    params = record["params"] if record else _fallback_params(state, config)
+    tags = {str(k): str(v) for k, v in (record["tags"] if record else {"tunetl.trial_id": trial_id}).items()}
+    run_ids = [str(line["mlflow_run_id"]) for line in lines if line.get("mlflow_run_id")]
+    last = lines[-1] if lines else {}
+    epochs = _epochs(lines)
+    diverged = bool(last.get("diverged", False))
+    best = last.get("best_val_acc")
+    mapped = _STATUS.get(status, "RUNNING")
+    planned = params.get("epochs") or (state.get("config") or {}).get("training", {}).get("epochs")
+    ran = epochs[-1]["epoch"] if epochs else 0
+    error = None
+    if mapped == "FAILED":
+        file = folder / error_file if error_file else None
+        text = file.read_text(errors="replace") if file is not None and file.is_file() else ""
+        error = text[-_MAX_ERROR_CHARS:] or "unknown error"
+    return StoredTrial(
+        trial_id=trial_id,
+        status=mapped,
+        run_id=run_ids[-1] if run_ids else None,
+        params=params,
+        tags=tags,
+        epochs=epochs,
+        best_val_acc=float(best) if isinstance(best, (int, float)) and math.isfinite(best) else None,
+        diverged=diverged,
+        stopped_early=mapped == "FINISHED" and planned is not None and ran < int(planned) and not diverged,
+        error=error,
+    )
+
+
+def read_search(path: Path, shown: str | None = None) -> StoredSearch:
+    """Read one local search folder (`<storage>/<name>_<timestamp>`) written by `tunetl run`."""
+    path = path.resolve()
+    state_path = path / _state_file()
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError) as err:
+        raise StorageError(f"{shown or state_path}: cannot read tunetl's search state ({err})") from None
+    found = _trial_statuses(path) or _scanned_trials(path)
+    trials = [t for tid, info in sorted(found.items()) if (t := _trial(tid, *info, state)) is not None]
+    return StoredSearch(
+        path=shown or str(path),
+        experiment=str(state.get("experiment") or path.name.rsplit("_", 1)[0]),
+        parent_run_id=state.get("parent_run_id"),
+        tracking_uri=state.get("tracking_uri"),
+        trials=trials,
+    )
+
+
+def load_searches(storage: str | Path, run: str | None = None) -> list[StoredSearch]:
+    """Every search in `storage` (a local folder or an object-store URI), or those `run` names."""
+    import tempfile
+
+    store = _storage(storage)
+    names = search_names(storage, run)
+    if store.is_local:
+        return [read_search(store.local_path / n if n else store.local_path) for n in names]
+    out = []
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="tunetl-results-") as tmp:
+            local = Path(tmp) / (name or "search")
+            local.mkdir()
+            _fetch(store, name, local)
+            out.append(read_search(local, shown=store.display(name) if name else store.display()))
+    return out
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def param_names(searches: list[StoredSearch]) -> list[str]:
+    """Every parameter recorded for any trial of `searches`, in first-seen order."""
+    names: dict[str, None] = {}
+    for search in searches:
+        for trial in search.trials:
+            names.update(dict.fromkeys(trial.params))
+    return list(names)
+
+
+def trials_frame(searches: list[StoredSearch]) -> pd.DataFrame:
+    """The trials frame (columns of `tunetl.tracking.load_trials`, plus `trial_id` and `search`) from Ray's
+    records. Parameter values are as the trial had them (lists as tuples); `tunetl.tracking.typed_trials`
+    gives them the exact types an MLflow round trip gives."""
+    import pandas as pd
+
+    names = param_names(searches)
+    rows = []
+    for search in searches:
+        for t in search.trials:
+            last = t.epochs[-1] if t.epochs else {}
+            rows.append({
+                "run_id": t.run_id,
+                "experiment": search.experiment,
+                "parent_run_id": search.parent_run_id,
+                "status": t.status,
+                "stopped_early": t.stopped_early,
+                "diverged": t.diverged,
+                "error": t.error,
+                "node": t.tags.get("tunetl.node"),
+                **{n: _tuples(t.params.get(n)) for n in names},
+                **{m: last.get(m, math.nan) for m in EPOCH_METRICS},
+                "best_val_acc": math.nan if t.best_val_acc is None else t.best_val_acc,
+                "epochs_run": len(t.epochs),
+                "trial_id": t.trial_id,
+                "search": search.name,
+            })
+    columns = ["run_id", "experiment", "parent_run_id", "status", "stopped_early", "diverged", "error", "node",
+               *names, *EPOCH_METRICS, "best_val_acc", "epochs_run", "trial_id", "search"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in (*EPOCH_METRICS, "best_val_acc"):
+        frame[col] = frame[col].astype("float64")
+    frame["epochs_run"] = frame["epochs_run"].astype("int64")
+    return frame
