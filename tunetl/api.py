@@ -196,11 +196,11 @@ def run(
     """
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
-    from tunetl.tracking import SearchRecorder, check_tracking, resolve_tracking_uri
+    from tunetl.tracking import SearchRecorder, adopt_credentials, check_tracking, resolve_tracking_uri
 
     p = plan(experiment, overrides, name)
     exp = p.experiment
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
     check_tracking(uri)
     store = rn.open_storage(storage)
     started = time.perf_counter()

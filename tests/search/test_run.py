@@ -189,6 +189,39 @@ def test_search_logs_to_a_real_mlflow_server(tmp_path: Path, mlflow_server: str)
     assert sorted(frame["frozen_depth"]) == [0, 2]
 
 
+def test_credentials_reach_no_record_file_or_output(
+    tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Credentials in the URI and in MLflow's variables authenticate, and are written nowhere: not in
+    params or tags, not in Ray's storage (state file, results, checkpoints, Tune's pickles), not in the
+    command's output. (The test server has no auth, so it accepts any credentials.)"""
+    from mlflow import MlflowClient
+
+    secrets = ["uriSecret41", "envSecret42", "tokSecret43"]
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", secrets[2])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secrets[1])
+    uri = mlflow_server.replace("http://", f"http://alice:{secrets[0]}@")
+    storage = tmp_path / "runs"
+    argv = ["run", QUICK, "--name", "creds", "--tracking-uri", uri, "--storage", str(storage)]
+    for s in _small("search_space={transfer_depth: 0, images_per_label: 5}"):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("creds")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2  # parent and the one trial
+    written = [json.dumps([r.data.params, r.data.tags]) for r in runs] + [out.out, out.err]
+    files = [f for f in storage.rglob("*") if f.is_file()]
+    assert any(f.name == "tunetl_search.json" for f in files) and any(f.name.endswith(".pkl") for f in files)
+    blobs = [f.read_bytes() for f in files]
+    for secret in secrets:
+        assert not [text[max(0, text.find(secret) - 200):text.find(secret) + 50] for text in written if secret in text]
+        assert not any(secret.encode() in blob for blob in blobs), secret
+    state = json.loads(next(storage.glob("creds_*/tunetl_search.json")).read_text())
+    assert state["tracking_uri"] == mlflow_server
+
+
 def test_resume_keeps_one_run_per_trial_and_refuses_an_edited_space(tmp_path: Path, sqlite_uri: str) -> None:
     from tunetl.config import ConfigError
 

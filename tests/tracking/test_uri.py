@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -62,3 +63,16 @@ def test_sqlite_needs_an_existing_writable_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "x.db"
     with pytest.raises(TrackingUnavailable, match="does not exist"):
         check_tracking(f"sqlite:///{missing}")
+
+
+def test_credentials_in_the_uri_move_to_mlflows_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunetl.tracking import adopt_credentials, strip_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert adopt_credentials("http://127.0.0.1:5000/mlflow") == "http://127.0.0.1:5000/mlflow"
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert adopt_credentials("https://bob:p%40ss@mlflow.example:8443/x?a=1") == "https://mlflow.example:8443/x?a=1"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "bob"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    assert strip_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

@@ -10,8 +10,11 @@ from tunetl.tracking.trial_logger import TrialLogger
 from tunetl.tracking.uri import (
     TrackingError,
     TrackingUnavailable,
+    adopt_credentials,
     check_tracking,
+    redact,
     resolve_tracking_uri,
+    strip_credentials,
 )
 
 __all__ = [
@@ -19,10 +22,13 @@ __all__ = [
     "TrackingError",
     "TrackingUnavailable",
     "TrialLogger",
+    "adopt_credentials",
     "best_configs",
     "check_tracking",
     "export_parquet",
     "load_trials",
     "metric_histories",
+    "redact",
     "resolve_tracking_uri",
+    "strip_credentials",
 ]

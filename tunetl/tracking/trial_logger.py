@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ def client_for(tracking_uri: str) -> MlflowClient:
     from filelock import FileLock
     from mlflow import MlflowClient
 
+    # MLflow prints "View run NAME at: URL" for every run it ends: one line per trial, and the URL keeps any
+    # `user:password@` of the tracking URI. Off in tunetl's processes unless the user set it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     lock = _init_lock_path(tracking_uri)
     if lock is None:
         return MlflowClient(tracking_uri=tracking_uri)

@@ -11,7 +11,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 DEFAULT_DB = "mlflow.db"
 _SQLITE = "sqlite:///"
@@ -34,6 +34,32 @@ def redact(uri: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def strip_credentials(uri: str) -> str:
+    """The URI without its `user:password@` part, for files that outlive the process (the search's state
+    file): whoever uses it later authenticates through MLflow's own environment variables."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def adopt_credentials(uri: str) -> str:
+    """Move a URI's `user:password@` into MLflow's own variables of this process and return the URI
+    without them, so that no pickle, state file or log of a search carries them. Ray workers on this
+    machine inherit the variables; on a cluster, set them on every node (docs/cluster.md)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    if parts.username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return strip_credentials(uri)
 
 
 def _absolute_sqlite(uri: str) -> str:
