@@ -211,6 +211,7 @@ def run(
     rn.init_ray(address, num_cpus=num_cpus)
     rn.check_resources(exp)
     rn.check_storage(store)
+    rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     recorder = SearchRecorder(uri, exp.name)
     run_name = run_name or f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"

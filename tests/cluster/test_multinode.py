@@ -4,6 +4,7 @@ checkpoints reach the shared storage path."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,41 @@ def test_storage_no_node_can_write_fails_before_any_trial(two_nodes: str, sqlite
     with pytest.raises(SearchError, match="--storage .*a-file/runs: cannot write there"):
         api.run(QUICK, overrides=["training.epochs=1", "source.epochs=1"], name="nostore", address=two_nodes,
                 tracking_uri=sqlite_uri, storage=blocker / "runs")
+
+
+def _png_folder(root: Path, classes: int = 2, per_class: int = 4) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_streamed_data_every_node_reads_passes_and_a_driver_only_path_fails(
+    two_nodes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder too large for memory is read where trials run. A path only the driver resolves (relative
+    to its working directory, which Ray's workers do not share) is named per node before any trial."""
+    from functools import partial
+
+    from tunetl.data import DatasetSpec
+    from tunetl.data.folder import decode_image, load_folder
+    from tunetl.data.imageset import StreamingImageSet
+    from tunetl.search.runner import check_data, streamed_samples
+
+    folder = _png_folder(tmp_path / "imgs")
+    task = load_folder(DatasetSpec(path=str(folder)), memory_limit_bytes=0)
+    assert isinstance(task.train, StreamingImageSet) and len(streamed_samples(task)) >= 4
+    check_data([task])  # absolute paths on a file system both nodes share
+
+    monkeypatch.chdir(tmp_path)
+    relative = [str(Path(p).relative_to(tmp_path)) for p in task.train.paths]
+    assert all(Path(p).is_file() for p in relative)  # the driver reads them
+    decode = partial(decode_image, channels=1, size=(8, 8))
+    driver_only = dataclasses.replace(task, train=StreamingImageSet(relative, task.train.labels, decode, 1, (8, 8)))
+    with pytest.raises(SearchError, match=r"dataset .*not every Ray node can \(node \w+: imgs/c0/\d\.png: No such file.*; node \w+: imgs/"):
+        check_data([driver_only])

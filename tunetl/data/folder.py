@@ -114,7 +114,7 @@ def load_folder(
     `spec.bad_files == "skip"`, are left out and listed in `TaskData.skipped_files`.
     """
     assert spec.path is not None
-    root = Path(spec.path).expanduser()
+    root = Path(spec.path).expanduser().resolve()  # trials read streamed files from other working dirs
     all_names = class_folders(root)
     chosen = resolve_classes(spec.classes, all_names, str(root))
     class_names = [all_names[c] for c in chosen]

@@ -20,6 +20,7 @@ from typing import Any
 from ray import tune
 
 from tunetl.config import ExperimentConfig
+from tunetl.data import TaskData
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
@@ -104,30 +105,83 @@ def _can_write(storage: Storage) -> str | None:
     return storage.probe()
 
 
-def check_storage(storage: Storage) -> None:
-    """Every node must be able to write the storage (checkpoints, source cache) before trials start."""
+def _unreadable(paths: list[str]) -> str | None:
+    """None when this process can read every file in `paths`, else the first that it cannot and why."""
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as err:
+            return f"{path}: {err.strerror or err}"
+    return None
+
+
+def _fails_on_nodes(check: Any, *args: Any) -> dict[str, str]:
+    """Run `check(*args)` once on every alive node that runs trials; {node id: why} where it failed.
+
+    A single-node cluster is this machine, which the caller has already checked.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    local = storage.probe()
-    if local is not None:
-        raise SearchError(f"--storage {storage.display()}: cannot write there from this machine ({local})")
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     if len(nodes) < 2:
-        return
-    probe = ray.remote(num_cpus=0)(_can_write)
+        return {}
+    probe = ray.remote(num_cpus=0)(check)
     refs = {
         n["NodeID"]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(storage)
+        ).remote(*args)
         for n in nodes
     }
-    failed = {node: why for node, why in zip(refs, ray.get(list(refs.values()), timeout=120)) if why}
+    return {node: why for node, why in zip(refs, ray.get(list(refs.values()), timeout=120)) if why}
+
+
+def _per_node(failed: dict[str, str]) -> str:
+    return "; ".join(f"node {node[:12]}: {why}" for node, why in failed.items())
+
+
+def check_storage(storage: Storage) -> None:
+    """Every node must be able to write the storage (checkpoints, source cache) before trials start."""
+    local = storage.probe()
+    if local is not None:
+        raise SearchError(f"--storage {storage.display()}: cannot write there from this machine ({local})")
+    failed = _fails_on_nodes(_can_write, storage)
     if failed:
-        detail = "; ".join(f"node {node[:12]}: {why}" for node, why in failed.items())
         hint = ("give the nodes credentials for it (e.g. AWS_* variables in their environment)" if not storage.is_local
                 else "give a path all nodes mount (e.g. NFS at the same path) or an s3:// or gs:// URI")
-        raise SearchError(f"--storage {storage.display()}: not writable from every Ray node ({detail}); {hint}")
+        raise SearchError(f"--storage {storage.display()}: not writable from every Ray node ({_per_node(failed)}); "
+                          f"{hint}")
+
+
+def streamed_samples(task: TaskData, per_split: int = 3) -> list[str]:
+    """A few files (first, middle, last) of each split that trials read from disk; [] for data in memory,
+    which reaches the trials through Ray's object store."""
+    out: list[str] = []
+    for split in (task.train, task.val):
+        paths = getattr(split, "paths", None) or []
+        if paths:
+            picks = sorted({0, len(paths) // 2, len(paths) - 1})[:per_split]
+            out += [paths[i] for i in picks]
+    return out
+
+
+def check_data(tasks: list[TaskData]) -> None:
+    """A folder too large for memory is read by the trials from its path: every node must see it there."""
+    for task in tasks:
+        samples = streamed_samples(task)
+        if not samples:
+            continue
+        local = _unreadable(samples)
+        if local is not None:
+            raise SearchError(f"dataset {task.name}: cannot read {local}; was the folder moved while loading?")
+        failed = _fails_on_nodes(_unreadable, samples)
+        if failed:
+            raise SearchError(
+                f"dataset {task.name}: too large for memory, so trials read its files where they run, and not "
+                f"every Ray node can ({_per_node(failed)}); mount the folder at the same path on every node "
+                "(e.g. NFS) or copy it there"
+            )
 
 
 class MlflowFinalizer(tune.Callback):
