@@ -11,17 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.reliability.cli import run_argv
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "experiments" / "quickstart.yaml")
 NAME = "shared"
 SEARCHES = 3
 SIZES = [5, 10, 15]
@@ -29,12 +28,7 @@ EPOCHS = 3
 
 
 def _argv(uri: str, storage: Path) -> list[str]:
-    space = f"search_space={{transfer_depth: 0, images_per_label: {{grid: {SIZES}}}}}"
-    argv = [sys.executable, "-m", "tunetl.cli", "run", QUICK, "--name", NAME, "--tracking-uri", uri,
-            "--storage", str(storage), "--num-cpus", "1"]
-    for item in (f"training.epochs={EPOCHS}", "scheduler.type=none", "seeds=[0]", space):
-        argv += ["--set", item]
-    return argv
+    return run_argv(uri, storage, name=NAME, sizes=SIZES, epochs=EPOCHS, num_cpus=1)
 
 
 def test_concurrent_searches_on_one_sqlite_file_lose_no_row(tmp_path: Path) -> None:

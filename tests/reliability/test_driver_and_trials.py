@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,24 +21,18 @@ from typing import Any
 
 import pytest
 
+from tests.reliability.cli import run_argv
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "experiments" / "quickstart.yaml")
 EPOCHS = 6
 SIZES = [5, 10, 20, 30]
 NAME = "faults"
 
 
 def _argv(uri: str, storage: Path, *extra: str, sizes: list[int] = SIZES) -> list[str]:
-    space = f"search_space={{transfer_depth: 0, images_per_label: {{grid: {sizes}}}}}"
-    sets = [f"training.epochs={EPOCHS}", "scheduler.type=none", "seeds=[0]", "max_failures=1",
-            "training.checkpoint_interval_s=0", space]
-    argv = [sys.executable, "-m", "tunetl.cli", "run", QUICK, "--name", NAME, "--tracking-uri", uri,
-            "--storage", str(storage), "--num-cpus", "2"]
-    for s in sets:
-        argv += ["--set", s]
-    return argv + list(extra)
+    sets = ("max_failures=1", "training.checkpoint_interval_s=0")
+    return [*run_argv(uri, storage, name=NAME, sizes=sizes, epochs=EPOCHS, num_cpus=2, sets=sets), *extra]
 
 
 def _env(faults: list[dict[str, Any]]) -> dict[str, str]:

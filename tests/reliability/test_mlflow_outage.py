@@ -26,22 +26,16 @@ import pandas as pd
 import pytest
 
 from tests.conftest import _free_port, _stop_group, start_mlflow_server
+from tests.reliability.cli import QUICK, run_argv
 from tunetl.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "experiments" / "quickstart.yaml")
 NAME = "outage"
 EPOCHS = 10
 SIZES = [5, 10, 15, 20, 25, 30]
 
 
 def _argv(uri: str, storage: Path) -> list[str]:
-    space = f"search_space={{transfer_depth: 0, images_per_label: {{grid: {SIZES}}}}}"
-    argv = [sys.executable, "-m", "tunetl.cli", "run", QUICK, "--name", NAME, "--tracking-uri", uri,
-            "--storage", str(storage), "--num-cpus", "2"]
-    for item in (f"training.epochs={EPOCHS}", "scheduler.type=none", "seeds=[0]", space):
-        argv += ["--set", item]
-    return argv
+    return run_argv(uri, storage, name=NAME, sizes=SIZES, epochs=EPOCHS, num_cpus=2)
 
 
 def _env(ray_tmp: Path) -> dict[str, str]:

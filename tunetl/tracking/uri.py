@@ -25,27 +25,25 @@ class TrackingUnavailable(TrackingError):
     """The tracking store cannot be reached or written."""
 
 
-def redact(uri: str) -> str:
-    """The URI without any `user:password@` part, safe to print."""
+def _replace_userinfo(uri: str, by: str) -> str:
     parts = urlsplit(uri)
     if parts.username is None and parts.password is None:
         return uri
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{by}{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact(uri: str) -> str:
+    """The URI without any `user:password@` part, safe to print."""
+    return _replace_userinfo(uri, "***@")
 
 
 def strip_credentials(uri: str) -> str:
     """The URI without its `user:password@` part, for files that outlive the process (the search's state
     file): whoever uses it later authenticates through MLflow's own environment variables."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return _replace_userinfo(uri, "")
 
 
 def adopt_credentials(uri: str) -> str:
@@ -53,8 +51,6 @@ def adopt_credentials(uri: str) -> str:
     without them, so that no pickle, state file or log of a search carries them. Ray workers on this
     machine inherit the variables; on a cluster, set them on every node (docs/cluster.md)."""
     parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
     if parts.username:
         os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
     if parts.password:
