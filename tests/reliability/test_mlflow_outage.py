@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import _free_port, _stop_group, start_mlflow_server
+from tests.conftest import _free_port, _group_alive, _stop_group, start_mlflow_server
 from tests.reliability.cli import QUICK, run_argv
 from tunetl.cli import main
 
@@ -59,6 +59,16 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _crash_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server's process group and wait until none of it is left (a graceful stop keeps
+    answering for seconds)."""
+    _kill_group(proc.pid)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _children(uri: str) -> list[Any]:
@@ -160,7 +170,7 @@ def test_a_refused_write_is_dropped_and_the_rest_still_arrives(sqlite_uri: str, 
 
 
 def _search_through_an_outage(tmp_path: Path, ray_tmp: Path, wait_s: float | None) -> tuple[str, Path, Any]:
-    """A search whose tracking server is stopped (killpg) once two epochs of a trial are in, kept down for
+    """A search whose tracking server is killed (killpg) in the middle of a trial, kept down for
     8 s plus its restart (~12 s) on the same port and database, while trials train on. Returns
     (URI, storage, the restarted server process) once the search has exited 0."""
     root, storage = tmp_path / "server", tmp_path / "runs"
@@ -177,11 +187,14 @@ def _search_through_an_outage(tmp_path: Path, ray_tmp: Path, wait_s: float | Non
                                   start_new_session=True, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 240
-        while not any(len(_steps(uri, r.info.run_id)) >= 2 for r in _children(uri)):
+        # Mid-trial (epoch 2-5 of 10): a trial then trains for seconds without the server. Stopped between
+        # two trials, every running trial would be waiting to start or end its run, training nothing.
+        while not any(r.info.status == "RUNNING" and 2 <= len(_steps(uri, r.info.run_id)) <= EPOCHS // 2
+                      for r in _children(uri)):
             assert search.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        _stop_group(server)  # SIGTERM (then SIGKILL) to the server's whole process group
+            time.sleep(0.3)
+        _crash_group(server)  # SIGKILL to the server's whole process group: down at once
         at_stop = _reported_epochs(storage)
         time.sleep(8)
         server = start_mlflow_server(root, port)  # same port, same database
