@@ -161,7 +161,7 @@ def _search_to_resume(storage: Any, exp: ExperimentConfig, *, resume: bool, new:
             run_dir = None
     if run_dir is None:
         if resume:
-            running = f" ({busy.name} is being run by another tunetl process)" if busy else ""
+            running = f" ({busy} is being run by another tunetl process)" if busy else ""
             raise ConfigError(f"--resume: no earlier search of {exp.name!r} under {storage.display()}{running}")
         return None
     if rn.read_state(storage, run_dir)["fingerprint"] != exp.fingerprint():

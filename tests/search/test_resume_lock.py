@@ -1,0 +1,50 @@
+"""Which search `tunetl run` continues, decided before Ray starts: an unfinished search that another
+driver still holds (its lock file taken, for real, by this process) is never resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunetl import api
+from tunetl.config import ConfigError, load_experiment
+from tunetl.search import runner as rn
+
+QUICK = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+
+
+def _unfinished(storage: Path, name: str) -> rn.Storage:
+    store = rn.open_storage(storage)
+    exp = load_experiment(QUICK)
+    rn.write_state(store, name, {"fingerprint": exp.fingerprint(), "parent_run_id": "p", "experiment": exp.name,
+                                 "tracking_uri": "sqlite:///x.db", "finished": False})
+    return store
+
+
+def test_resume_refuses_a_search_another_driver_holds(tmp_path: Path) -> None:
+    store = _unfinished(tmp_path / "runs", "quickstart_20260101-000000")
+    held = rn.DriverLock(store, "quickstart_20260101-000000")
+    assert held.acquire()
+    try:
+        with pytest.raises(ConfigError, match=r"quickstart_20260101-000000 is being run by another tunetl process"):
+            api.run(QUICK, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=tmp_path / "runs", resume=True)
+    finally:
+        held.release()
+    assert not (tmp_path / "m.db").exists()  # refused before any MLflow run
+
+
+def test_the_newest_unfinished_search_no_driver_holds_is_the_one_resumed(tmp_path: Path) -> None:
+    import os
+
+    store = _unfinished(tmp_path / "runs", "quickstart_20260101-000000")
+    _unfinished(tmp_path / "runs", "quickstart_20260102-000000")
+    older = store.local_path / "quickstart_20260101-000000" / rn.STATE_FILE
+    os.utime(older, (1, 1))  # the 01-01 search is the older one
+    assert rn.unfinished_run_dir(store, "quickstart") == ("quickstart_20260102-000000", None)
+    newer = rn.DriverLock(store, "quickstart_20260102-000000")
+    assert newer.acquire()
+    try:
+        assert rn.unfinished_run_dir(store, "quickstart") == ("quickstart_20260101-000000", "quickstart_20260102-000000")
+    finally:
+        newer.release()
