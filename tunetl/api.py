@@ -270,8 +270,9 @@ def _finish(
             summary={"num_trials": outcome.num_trials, "num_failed": failed},
         )
         rn.mark_state(store, run_name, finished=True)
-    frame = trials(exp.name, uri)
-    frame = frame[frame["parent_run_id"] == parent]
+    from tunetl.tracking import load_trials
+
+    frame = load_trials(exp.name, uri, parent_run_id=parent)
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
                          outcome.seconds, frame, best_table(frame))
     if outcome.interrupted:

@@ -254,6 +254,12 @@ def test_two_searches_never_mix(sqlite_uri: str, tmp_path: Path, monkeypatch: py
     assert len(two) == 2 and set(two["parent_run_id"]) == {second}
     both = load_trials(["first", "second"], sqlite_uri)
     assert sorted(both["experiment"]) == ["first", "second", "second"]
+    again, _ = record_search(sqlite_uri, "second", TRIALS[:1])  # a later search in the same experiment
+    assert len(load_trials("second", sqlite_uri)) == 3
+    only = load_trials("second", sqlite_uri, parent_run_id=again)
+    assert len(only) == 1 and set(only["parent_run_id"]) == {again}
+    assert only.drop(columns=["run_id", "parent_run_id", "experiment"]).reset_index(drop=True).equals(
+        one.drop(columns=["run_id", "parent_run_id", "experiment"]).reset_index(drop=True))
     assert not (tmp_path / "elsewhere.db").exists()
 
 

@@ -113,13 +113,15 @@ def _experiment_ids(client: Any, names: list[str], tracking_uri: str) -> dict[st
     return ids
 
 
-def _child_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
-    """Every active child run of the experiments, all pages."""
+def _child_runs(client: Any, experiment_ids: list[str], parent_run_id: str | None = None) -> list[Any]:
+    """Every active child run of the experiments (or of one parent run), all pages."""
     runs: list[Any] = []
     token = None
+    only = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
     while True:
         page = client.search_runs(
-            experiment_ids, max_results=_PAGE, page_token=token, order_by=["attributes.start_time ASC"]
+            experiment_ids, filter_string=only, max_results=_PAGE, page_token=token,
+            order_by=["attributes.start_time ASC"],
         )
         runs.extend(r for r in page if PARENT_TAG in r.data.tags)
         token = page.token
@@ -127,14 +129,15 @@ def _child_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
             return runs
 
 
-def load_trials(experiments: str | list[str], tracking_uri: str) -> pd.DataFrame:
-    """The trials frame: one row per child run of the named experiments, typed."""
+def load_trials(experiments: str | list[str], tracking_uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """The trials frame: one row per child run of the named experiments (only one search's with
+    `parent_run_id`: its metric histories are all that is read), typed."""
     import pandas as pd
 
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     client = client_for(tracking_uri)
     ids = _experiment_ids(client, names, tracking_uri)
-    runs = _child_runs(client, list(ids))
+    runs = _child_runs(client, list(ids), parent_run_id)
 
     rows: list[dict[str, Any]] = []
     params: list[dict[str, Any]] = []
