@@ -110,12 +110,14 @@ def test_unreachable_server_at_start_fails_at_once_and_creates_nothing(
 
 
 @pytest.mark.slow
-def test_trial_logger_keeps_records_through_a_server_restart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_trial_logger_keeps_records_through_a_server_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The buffer itself, against a real server stopped and started again: no call raises or hangs while it
     is down, and after the restart the run has every epoch, its best_val_acc, and is FINISHED."""
     from mlflow import MlflowClient
 
-    from tunetl.tracking import SearchRecorder
+    from tunetl.tracking import SearchRecorder, TrackingUnavailable
     from tunetl.tracking.retry import HTTP_LIMITS
 
     root = tmp_path / "server"
@@ -138,6 +140,12 @@ def test_trial_logger_keeps_records_through_a_server_restart(tmp_path: Path, cap
         assert not any(k in os.environ for k in HTTP_LIMITS)  # the short HTTP limits were scoped to the calls
         err = capsys.readouterr().err
         assert f"MLflow at {uri} did not take" in err and "is not closed in MLflow yet" in err
+        # The driver's end of the search waits as long (1 s here), then says what to run; it never sits
+        # through MLflow's own minutes of HTTP retries.
+        monkeypatch.setenv("TUNETL_TRACKING_WAIT_S", "1")
+        for end in (lambda: recorder.close_open_children("KILLED", "interrupted"), recorder.end_parent):
+            with pytest.raises(TrackingUnavailable, match="tunetl sync --storage"):
+                end()
         server = start_mlflow_server(root, port)
         assert logger.flush(wait_s=30)
         assert f"MLflow at {uri} answers again" in capsys.readouterr().err

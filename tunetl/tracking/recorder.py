@@ -102,17 +102,8 @@ class SearchRecorder:
             log_metrics(client, run_id, finite, step=0)
             client.set_terminated(run_id, status=status)
 
-        wait_s = configured_wait_s()
-        self.trial_logger().flush(wait_s)
-        try:
-            call(end, what="the end of the search's parent run", where=redact(self.tracking_uri), wait_s=wait_s)
-        except StoreUnavailable as err:
-            raise TrackingUnavailable(
-                f"{err}; the search's results are in Ray's storage: run `tunetl sync --storage DIR` "
-                "once MLflow is back"
-            ) from None
-        except StoreRefused as err:
-            raise TrackingError(str(err)) from None
+        self.trial_logger().flush(configured_wait_s())
+        self._at_the_end(end, "the end of the search's parent run")
 
     def close_open_children(self, status: str, reason: str) -> int:
         """End this search's child runs still RUNNING, tagged `tunetl.orphan` with `reason`; return how many.
@@ -125,11 +116,28 @@ class SearchRecorder:
         check_status(status)
         client = client_for(self.tracking_uri)
         flt = f"tags.`{PARENT_TAG}` = '{self._require_parent()}' and attributes.status = 'RUNNING'"
-        runs = client.search_runs([self.experiment_id], filter_string=flt, max_results=5000)
-        for run in runs:
-            client.log_batch(run.info.run_id, tags=[RunTag(ORPHAN_TAG, reason)])
-            client.set_terminated(run.info.run_id, status=status)
-        return len(runs)
+
+        def close() -> int:
+            runs = client.search_runs([self.experiment_id], filter_string=flt, max_results=5000)
+            for run in runs:
+                client.log_batch(run.info.run_id, tags=[RunTag(ORPHAN_TAG, reason)])
+                client.set_terminated(run.info.run_id, status=status)
+            return len(runs)
+
+        return int(self._at_the_end(close, "the closing of runs left open"))
+
+    def _at_the_end(self, fn: Any, what: str) -> Any:
+        """A driver call at the end of a search, through the same bounded wait as the trials' calls; a store
+        still down after it is an error that names `tunetl sync` (Ray's storage holds the results)."""
+        try:
+            return call(fn, what=what, where=redact(self.tracking_uri), wait_s=configured_wait_s())
+        except StoreUnavailable as err:
+            raise TrackingUnavailable(
+                f"{err}; the search's results are in Ray's storage: run `tunetl sync --storage DIR` "
+                "once MLflow is back"
+            ) from None
+        except StoreRefused as err:
+            raise TrackingError(str(err)) from None
 
     def trial_logger(self) -> TrialLogger:
         """A picklable logger that writes child runs under this search's parent run."""
