@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetl.params import SEARCH_PARAMS
+from tunetl.search.results import EPOCH_METRICS
 from tunetl.tracking.trial_logger import (
     DIVERGED_TAG,
     ERROR_TAG,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: Recorded per epoch; the frame keeps the last value of each.
-EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss")
 #: `images_per_label: all` in the frame (the real count is `feature.images_per_label`).
 ALL_IMAGES = -1
 #: Columns that describe the run rather than its configuration.

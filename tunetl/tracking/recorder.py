@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s
@@ -16,15 +15,15 @@ from tunetl.tracking.trial_logger import (
     log_metrics,
     log_params,
 )
-from tunetl.tracking.uri import TrackingError, TrackingUnavailable, redact
+from tunetl.tracking.uri import TrackingError, TrackingUnavailable, redact, sqlite_file
 
 
 def _artifact_root(tracking_uri: str, name: str) -> str | None:
     """Artifacts of a SQLite store live beside the database (`<db dir>/mlartifacts/<name>`), not in
     `./mlruns` of whatever folder the first run happened to start in."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_file(tracking_uri)
+    if db is None:
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 

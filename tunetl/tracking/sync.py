@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunetl.search.results import EPOCH_METRICS
 from tunetl.tracking.recorder import get_or_create_experiment
 from tunetl.tracking.trial_logger import (
     DIVERGED_TAG,
@@ -23,6 +24,7 @@ from tunetl.tracking.trial_logger import (
     TRIAL_ID_TAG,
     client_for,
     encode_param,
+    log_entities,
 )
 
 if TYPE_CHECKING:
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 #: Tag of a parent run that sync made because the store never had the search's own (e.g. a new database).
 SYNCED_FROM_TAG = "tunetl.synced_from"
 STORAGE_TAG = "tunetl.storage"
-_EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
-_BATCH = 900
 _PAGE = 1000
 
 
@@ -120,7 +120,7 @@ def _missing_metrics(client: Any, run: Any, trial: StoredTrial) -> list[Any]:
 
     now = int(time.time() * 1000)
     out = []
-    for name in _EPOCH_METRICS:
+    for name in EPOCH_METRICS:
         epochs = [e for e in trial.epochs if name in e]
         if not epochs:
             continue
@@ -148,12 +148,9 @@ def _sync_trial(client: Any, experiment_id: str, parent: str, trial: StoredTrial
         report.runs_created += 1
     run_id = run.info.run_id
     params = [Param(str(k), encode_param(v)) for k, v in trial.params.items() if str(k) not in run.data.params]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start : start + 100])
-    report.params_logged += len(params)
     metrics = _missing_metrics(client, run, trial)
-    for start in range(0, len(metrics), _BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
+    log_entities(client, run_id, params=params, metrics=metrics)
+    report.params_logged += len(params)
     report.metrics_logged += len(metrics)
     if trial.finished and run.info.status != trial.status:
         tags = [RunTag(k, v) for k, v in _outcome_tags(trial).items() if run.data.tags.get(k) != v]

@@ -17,13 +17,14 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s, store_down, warn
-from tunetl.tracking.uri import redact
+from tunetl.tracking.uri import redact, sqlite_file
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,12 +47,10 @@ _STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 def _init_lock_path(tracking_uri: str) -> Path | None:
     """The lock that serialises creating a SQLite store's tables, or None for other stores."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_file(tracking_uri)
+    if db is None:
         return None
-    db = tracking_uri.removeprefix("sqlite:///").partition("?")[0]
-    if db in ("", ":memory:"):
-        return None
-    digest = hashlib.sha256(str(Path(db).resolve()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"tunetl-sqlite-init-{digest}.lock"
 
 
@@ -87,13 +86,19 @@ def encode_param(value: Any) -> str:
     return text[:_MAX_PARAM_CHARS]
 
 
+def log_entities(client: MlflowClient, run_id: str, *, params: Sequence[Any] = (), metrics: Sequence[Any] = ()) -> None:
+    """MLflow `Param`s and `Metric`s in as few `log_batch` calls as its per-call limits allow."""
+    for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start : start + _MAX_PARAMS_PER_BATCH])
+    for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_BATCH])
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     """All params in one `log_batch` call (more only beyond MLflow's 100-per-batch limit)."""
     from mlflow.entities import Param
 
-    items = [Param(str(k), encode_param(v)) for k, v in params.items()]
-    for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=items[start : start + _MAX_PARAMS_PER_BATCH])
+    log_entities(client, run_id, params=[Param(str(k), encode_param(v)) for k, v in params.items()])
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | None], step: int) -> None:
@@ -164,14 +169,12 @@ class TrialLogger:
         from mlflow.entities import RunTag
 
         client = self._client()
-        while p.params:
-            batch = p.params[:_MAX_PARAMS_PER_BATCH]
-            self._deliver(lambda: client.log_batch(run_id, params=batch), "a trial's params", run_id, wait_s)
-            del p.params[: len(batch)]
-        while p.metrics:
-            metrics = p.metrics[:_MAX_METRICS_PER_BATCH]
-            self._deliver(lambda: client.log_batch(run_id, metrics=metrics), "a trial's metrics", run_id, wait_s)
-            del p.metrics[: len(metrics)]
+        for kind, held, size in (("params", p.params, _MAX_PARAMS_PER_BATCH),
+                                 ("metrics", p.metrics, _MAX_METRICS_PER_BATCH)):
+            while held:
+                batch = held[:size]
+                self._deliver(lambda: client.log_batch(run_id, **{kind: batch}), f"a trial's {kind}", run_id, wait_s)
+                del held[: len(batch)]
         while p.tags:  # apart from the metrics: a refused tag must not take an epoch with it
             tags = dict(list(p.tags.items())[:_MAX_TAGS_PER_BATCH])
             entities = [RunTag(k, v) for k, v in tags.items()]

@@ -144,11 +144,20 @@ def _check_http(uri: str, timeout_s: float) -> None:
     ) from None
 
 
-def _check_sqlite(uri: str) -> None:
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (its `?options` left out); None for other stores and
+    in-memory databases."""
+    if not uri.startswith(_SQLITE):
+        return None
     path = uri[len(_SQLITE) :].partition("?")[0]
-    if path in ("", ":memory:"):
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_sqlite(uri: str) -> None:
+    db = sqlite_file(uri)
+    if db is None:
         return
-    folder = Path(path).parent
+    path, folder = str(db), db.parent
     if not folder.is_dir():
         raise TrackingUnavailable(
             f"MLflow database {path}: folder {folder} does not exist; create it or pass another "
@@ -165,5 +174,5 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
         _check_http(uri, timeout_s)
-    elif uri.startswith(_SQLITE):
+    else:
         _check_sqlite(uri)
