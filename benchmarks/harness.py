@@ -174,12 +174,9 @@ def cache_override(mode: str) -> str:
 
 def tune_results(run_dir: Path) -> list[list[dict[str, Any]]]:
     """Every trial's reported results (one dict per epoch) from Tune's result.json files."""
-    trials = []
-    for path in sorted(run_dir.glob("*/result.json")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if rows:
-            trials.append(rows)
-    return trials
+    from tunetl.search.results import read_result_lines
+
+    return [rows for path in sorted(run_dir.glob("*/result.json")) if (rows := read_result_lines(path))]
 
 
 def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> float:

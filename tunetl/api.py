@@ -221,9 +221,10 @@ def run(
         raise rn.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
     try:
         if store.exists(run_name, rn.STATE_FILE):
-            parent = rn.read_state(store, run_name)["parent_run_id"]
+            state = rn.read_state(store, run_name)
+            parent = state["parent_run_id"]
             recorder.reopen_parent(parent)
-            rn.mark_state(store, run_name, finished=False)
+            rn.write_state(store, run_name, {**state, "finished": False})
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
                                            tags={"tunetl.storage": str(run_path), **_skipped_tag(p)})
@@ -315,12 +316,12 @@ def _parent_params(exp: ExperimentConfig, p: Plan) -> dict[str, Any]:
         "grid_points": p.grid_points,
         "fingerprint": exp.fingerprint(),
         # Files the pre-flight scan left out (`dataset.bad_files: skip`); their names are a parent tag.
-        "skipped_files": sum(len(getattr(task, "skipped_files", ())) for _, task in p.tasks),
+        "skipped_files": sum(len(task.skipped_files) for _, task in p.tasks),
     }
 
 
 def _skipped_tag(p: Plan) -> dict[str, str]:
-    names = [f"{task.name}: {f}" for _, task in p.tasks for f in getattr(task, "skipped_files", ())]
+    names = [f"{task.name}: {f}" for _, task in p.tasks for f in task.skipped_files]
     return {"tunetl.skipped_files": "\n".join(names)[:5000]} if names else {}
 
 

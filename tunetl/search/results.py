@@ -24,6 +24,8 @@ from tunetl.search.storage import Storage, StorageError
 if TYPE_CHECKING:
     import pandas as pd
 
+#: tunetl's own file in each search folder: experiment, parent run, tracking URI, config, finished.
+STATE_FILE = "tunetl_search.json"
 #: Key of the first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
 RECORD_KEY = "tunetl_record"
 EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -76,23 +78,12 @@ class StoredSearch:
         return all(t.finished for t in self.trials)
 
 
-def _state_file() -> str:
-    from tunetl.search.runner import STATE_FILE
-
-    return STATE_FILE
-
-
-def _storage(storage: str | Path) -> Storage:
-    return Storage(storage)
-
-
-def search_names(storage: str | Path, run: str | None = None) -> list[str]:
-    """The search folders in `storage`, oldest first ("" when `storage` is one search folder itself).
+def search_names(store: Storage, run: str | None = None) -> list[str]:
+    """The search folders in `store`, oldest first ("" when `store` is one search folder itself).
 
     `run` picks one by folder name (`quickstart_20260101-120000`) or every search of an experiment name.
     """
-    store = _storage(storage)
-    state = _state_file()
+    state = STATE_FILE
     if store.exists(state):
         found = [""]
     else:
@@ -109,7 +100,7 @@ def search_names(storage: str | Path, run: str | None = None) -> list[str]:
 
 
 #: The files of a search folder this module reads: small ones, never checkpoints.
-_TOP_FILES = re.compile(r"^(tunetl_search\.json|experiment_state.*\.json|.*-state-.*\.json|tuner\.pkl)$")
+_TOP_FILES = re.compile(rf"^({re.escape(STATE_FILE)}|experiment_state.*\.json|.*-state-.*\.json|tuner\.pkl)$")
 _TRIAL_FILES = frozenset({"result.json", "params.json", "params.pkl", "error.txt", "error.pkl"})
 
 
@@ -128,7 +119,7 @@ def _fetch(store: Storage, name: str, local: Path) -> None:
                 (local / rel).write_bytes(bytes(f.read()))
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
+def read_result_lines(path: Path) -> list[dict[str, Any]]:
     """The results Ray wrote, one JSON object per line; a line cut off by a killed process is skipped."""
     if not path.is_file():
         return []
@@ -163,7 +154,7 @@ def _scanned_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, st
     out = {}
     for params_file in sorted(path.glob("*/params.json")):
         folder = params_file.parent
-        lines = _read_lines(folder / "result.json")
+        lines = read_result_lines(folder / "result.json")
         trial_id = lines[-1].get("trial_id") if lines else None
         match = _TRIAL_ID.search(folder.name)
         trial_id = trial_id or (match.group(1) if match else folder.name)
@@ -200,7 +191,7 @@ def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _trial(
     trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None, state: dict[str, Any]
 ) -> StoredTrial | None:
-    lines = _read_lines(folder / "result.json")
+    lines = read_result_lines(folder / "result.json")
     record = next((json.loads(line[RECORD_KEY]) for line in lines if line.get(RECORD_KEY)), None)
     if not lines and status not in _STATUS:
         return None  # never started: no run exists for it anywhere
@@ -236,7 +227,7 @@ def _trial(
 def read_search(path: Path, shown: str | None = None) -> StoredSearch:
     """Read one local search folder (`<storage>/<name>_<timestamp>`) written by `tunetl run`."""
     path = path.resolve()
-    state_path = path / _state_file()
+    state_path = path / STATE_FILE
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError) as err:
@@ -256,8 +247,8 @@ def load_searches(storage: str | Path, run: str | None = None) -> list[StoredSea
     """Every search in `storage` (a local folder or an object-store URI), or those `run` names."""
     import tempfile
 
-    store = _storage(storage)
-    names = search_names(storage, run)
+    store = Storage(storage)
+    names = search_names(store, run)
     if store.is_local:
         return [read_search(store.local_path / n if n else store.local_path) for n in names]
     out = []

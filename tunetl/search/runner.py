@@ -21,12 +21,11 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
+from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
 from tunetl.search.tune_space import GroupKey, OptunaSpace, grid_param_space
-
-STATE_FILE = "tunetl_search.json"
 
 
 class SearchError(RuntimeError):
@@ -399,11 +398,10 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
-    errors = sum(1 for r in results if r.error is not None)
     return SearchOutcome(
         path=path,
         num_trials=len(results),
-        num_errors=errors,
+        num_errors=results.num_errors,
         seconds=time.perf_counter() - started,
         num_incomplete=len(results) - results.num_terminated - results.num_errors,
         signal=received[0] if received else None,

@@ -122,7 +122,8 @@ def run_trial(
         logged = recorder.reopen(run_id, {"tunetl.restored_epoch": str(runner.epoch)})
     run_params = logged_params(runner.params, experiment, task, seed, source)
     run_params.update(_trial_features(runner, features))
-    run_tags = {**_node_tags(trial_id), "mlflow.runName": trial_label(runner)}
+    label = trial_label(runner)
+    run_tags = {**_node_tags(trial_id), "mlflow.runName": label}
     if recorder is not None and run_id is None:
         run_id = recorder.start(run_params, tags=run_tags)
     # The run's params and tags also go into Ray's results (first report of this attempt), so that
@@ -140,11 +141,11 @@ def run_trial(
             if recorder is not None and run_id is not None and m.epoch > logged:
                 recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
             save = diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
-            _report(runner, m, run_id, diverged, save, record)
+            _report(runner, m, run_id, diverged, save, label, record)
             record = None
             if save:
                 last_checkpoint = time.monotonic()
-            maybe_fail(trial_id, trial_label(runner), m.epoch)
+            maybe_fail(trial_id, label, m.epoch)
             if diverged:
                 break
         # The driver's MlflowFinalizer closes this run too (it must: ASHA-stopped trials never get
@@ -181,7 +182,8 @@ def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
 
 
 def _report(
-    runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool, record: str | None = None
+    runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool, label: str,
+    record: str | None = None,
 ) -> None:
     """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot)."""
     from ray import tune
@@ -193,7 +195,7 @@ def _report(
         "epoch_seconds": m.seconds,
         "diverged": diverged,
         "mlflow_run_id": run_id or "",
-        "trial": trial_label(runner),
+        "trial": label,
     }
     if record is not None:
         metrics[RECORD_KEY] = record
