@@ -108,7 +108,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tunetl import api
-    from tunetl.tracking.uri import redact
 
     try:
         summary = api.run(
@@ -141,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(_best_text(summary.best, api.varying_params(frame)))
     print(f"\nNext: tunetl best --experiment {summary.experiment} --group-by images_per_label")
-    print(f"      mlflow ui --backend-store-uri {redact(summary.tracking_uri)}")
+    print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")  # credential-free (adopt_credentials)
     if not summary.ok:
         return EXIT_FAILED
     return EXIT_PARTIAL if summary.num_failed else 0

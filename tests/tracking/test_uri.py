@@ -66,7 +66,7 @@ def test_sqlite_needs_an_existing_writable_folder(tmp_path: Path) -> None:
 
 
 def test_credentials_in_the_uri_move_to_mlflows_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunetl.tracking import adopt_credentials, strip_credentials
+    from tunetl.tracking import adopt_credentials
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
@@ -75,4 +75,4 @@ def test_credentials_in_the_uri_move_to_mlflows_variables(monkeypatch: pytest.Mo
     assert adopt_credentials("https://bob:p%40ss@mlflow.example:8443/x?a=1") == "https://mlflow.example:8443/x?a=1"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "bob"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
-    assert strip_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert adopt_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

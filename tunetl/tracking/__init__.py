@@ -12,9 +12,7 @@ from tunetl.tracking.uri import (
     TrackingUnavailable,
     adopt_credentials,
     check_tracking,
-    redact,
     resolve_tracking_uri,
-    strip_credentials,
 )
 
 __all__ = [
@@ -28,7 +26,5 @@ __all__ = [
     "export_parquet",
     "load_trials",
     "metric_histories",
-    "redact",
     "resolve_tracking_uri",
-    "strip_credentials",
 ]

@@ -40,12 +40,6 @@ def redact(uri: str) -> str:
     return _replace_userinfo(uri, "***@")
 
 
-def strip_credentials(uri: str) -> str:
-    """The URI without its `user:password@` part, for files that outlive the process (the search's state
-    file): whoever uses it later authenticates through MLflow's own environment variables."""
-    return _replace_userinfo(uri, "")
-
-
 def adopt_credentials(uri: str) -> str:
     """Move a URI's `user:password@` into MLflow's own variables of this process and return the URI
     without them, so that no pickle, state file or log of a search carries them. Ray workers on this
@@ -55,7 +49,7 @@ def adopt_credentials(uri: str) -> str:
         os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
     if parts.password:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
-    return strip_credentials(uri)
+    return _replace_userinfo(uri, "")
 
 
 def _absolute_sqlite(uri: str) -> str:
