@@ -72,6 +72,7 @@ def plan(
 ) -> Plan:
     """Load and validate an experiment completely; raises ConfigError naming the key on bad input."""
     from tunetl.models import list_backbones
+    from tunetl.search.recipe import check_recipe
     from tunetl.search.space import SpaceError, check_space, parse_space
 
     exp = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, overrides, name)
@@ -101,6 +102,7 @@ def plan(
             has_source=all(e.source.kind != "none" for e, _ in tasks),
             searcher=exp.searcher.type,
         )
+        check_recipe(space, exp.training)
     except SpaceError as err:
         raise ConfigError(str(err)) from None
     points, skipped = space.grid_points()

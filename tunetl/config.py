@@ -52,6 +52,13 @@ class SourceSpec(_Strict):
         return "none"
 
 
+#: Training keys that set the fine-tuning knobs' defaults (the trial parameters of the same names).
+RECIPE_KEYS: tuple[str, ...] = (
+    "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "layer_decay", "grad_clip",
+)
+_LATE_KEYS = tuple(k for k in RECIPE_KEYS if k != "weight_decay")
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=64, ge=1)
@@ -60,7 +67,8 @@ class TrainingConfig(_Strict):
     base_lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    augment: bool = False
+    #: `none` | `crop_flip` | `trivial` | `randaugment`; `false`/`true` mean none/crop_flip.
+    augment: bool | Literal["none", "crop_flip", "trivial", "randaugment"] = False
     image_size: int | None = Field(default=None, ge=8)
     hidden: int = Field(default=512, ge=1)
     dropout: float = Field(default=0.3, ge=0, lt=1)
@@ -72,6 +80,32 @@ class TrainingConfig(_Strict):
     #: Mixed precision: "auto" = bfloat16 autocast on a GPU that supports it, float32 on CPU;
     #: "bf16" forces it (also on CPU), "off" never.
     amp: Literal["auto", "bf16", "off"] = "auto"
+    #: Defaults of the fine-tuning knobs (trial parameters of the same names; see tunetl.params).
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: int = Field(default=0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    mixup: float = Field(default=0.0, ge=0)
+    cutmix: float = Field(default=0.0, ge=0)
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    grad_clip: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> TrainingConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs}): warmup ramps up to the "
+                "full learning rate, which some epochs must then use"
+            )
+        return self
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        """The fine-tuning knobs' defaults as `TrialParams.resolved` takes them."""
+        return {k: getattr(self, k) for k in RECIPE_KEYS}
+
+    def recipe_changes(self) -> dict[str, Any]:
+        """Knobs added after searches were first fingerprinted, where they differ from their defaults:
+        hashes include only these, so searches and sources from before them keep their keys."""
+        return {k: getattr(self, k) for k in _LATE_KEYS if getattr(self, k) != TrainingConfig.model_fields[k].default}
 
 
 class SchedulerConfig(_Strict):
@@ -148,7 +182,10 @@ class ExperimentConfig(_Strict):
     def fingerprint(self) -> str:
         """Hash of everything that determines the search's results (for resume checks and caching)."""
         # feature_cache changes speed, not results: a search may resume with another setting.
-        body = self.model_dump(exclude={"source_file": True, "search_space_file": True, "training": {"feature_cache"}})
+        body = self.model_dump(
+            exclude={"source_file": True, "search_space_file": True, "training": {"feature_cache", *_LATE_KEYS}}
+        )
+        body["training"].update(self.training.recipe_changes())
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

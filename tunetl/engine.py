@@ -8,7 +8,7 @@ dtype (bfloat16: same range as float32, so no loss scaling is needed).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -56,14 +56,24 @@ def _autocast(x: torch.Tensor, amp: torch.dtype | None) -> AbstractContextManage
     return torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else nullcontext()
 
 
-def forward_split(model: StagedModel, x: torch.Tensor, start_stage: int, frozen_prefix: int) -> torch.Tensor:
-    """Logits from activations entering `start_stage`; stages before `frozen_prefix` run without autograd."""
+def run_prefix(model: StagedModel, x: torch.Tensor, start_stage: int, frozen_prefix: int) -> torch.Tensor:
+    """Activations entering stage `max(start_stage, frozen_prefix)`: the frozen stages from
+    `start_stage` on run without autograd (none when the input is already past them)."""
     if start_stage < frozen_prefix:
         with torch.no_grad():
             x = model.forward_stages(x, start_stage, frozen_prefix)
-        start_stage = frozen_prefix
-    x = model.forward_stages(x, start_stage, len(model.stages))
+    return x
+
+
+def forward_split(model: StagedModel, x: torch.Tensor, start_stage: int, frozen_prefix: int) -> torch.Tensor:
+    """Logits from activations entering `start_stage`; stages before `frozen_prefix` run without autograd."""
+    x = run_prefix(model, x, start_stage, frozen_prefix)
+    x = model.forward_stages(x, max(start_stage, frozen_prefix), len(model.stages))
     return model.head(model.neck(x))
+
+
+#: Mixes a batch (inputs, integer labels) into (mixed inputs, soft targets of shape (B, classes)).
+Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def train_one_epoch(
@@ -74,16 +84,33 @@ def train_one_epoch(
     frozen_prefix: int = 0,
     start_stage: int = 0,
     amp: torch.dtype | None = None,
+    label_smoothing: float = 0.0,
+    mix: Mixer | None = None,
+    grad_clip: float = 0.0,
 ) -> EpochStats:
-    """Train over `batches` of ready inputs (already on the device, preprocessed and augmented)."""
+    """Train over `batches` of ready inputs (already on the device, preprocessed and augmented).
+
+    `mix` (MixUp/CutMix) acts on the activations entering the first trained stage, i.e. after the
+    frozen prefix, so the same trial mixes the same tensors whether or not the prefix was cached;
+    `label_smoothing` is CrossEntropyLoss's; `grad_clip` > 0 clips the gradients' global norm.
+    Accuracy counts each sample's own (unmixed) label.
+    """
     model.train()
     acc = _Accumulator()
+    clipped = [p for group in optimizer.param_groups for p in group["params"]] if grad_clip > 0 else []
+    stage = max(start_stage, frozen_prefix)
     for x, y in batches:
         with _autocast(x, amp):
-            logits = forward_split(model, x, start_stage, frozen_prefix)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+            x = run_prefix(model, x, start_stage, frozen_prefix)
+            target = y
+            if mix is not None:
+                x, target = mix(x, y)
+            logits = forward_split(model, x, stage, stage)
+        loss_sum = F.cross_entropy(logits.float(), target, reduction="sum", label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss_sum / y.shape[0]).backward()
+        if clipped:
+            torch.nn.utils.clip_grad_norm_(clipped, grad_clip)
         optimizer.step()
         acc.add(logits, y, loss_sum)
     return acc.result()

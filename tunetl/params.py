@@ -7,7 +7,7 @@ MLflow logging and the analysis all agree on names, types and defaults.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,22 +26,66 @@ SEARCH_PARAMS: tuple[str, ...] = (
     "activation",
     "augment",
     "optimizer",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "mixup",
+    "cutmix",
+    "layer_decay",
+    "grad_clip",
 )
+
+#: Values of `augment`: no augmentation, random crop + flip (`true`, the seeds' preset), and
+#: torchvision's TrivialAugmentWide and RandAugment. `false`/`true` stay accepted as none/crop_flip.
+AUGMENT_POLICIES: tuple[str, ...] = ("none", "crop_flip", "trivial", "randaugment")
+AugmentPolicy = Literal["none", "crop_flip", "trivial", "randaugment"]
+LrSchedule = Literal["constant", "cosine", "step"]
+
+#: Defaults of the fine-tuning knobs when neither the trial nor `training` sets them.
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "layer_decay": None,
+    "grad_clip": 0.0,
+}
+
+
+def augment_policy(value: Any) -> Any:
+    """`true`/`false` (the original boolean `augment`) -> `crop_flip`/`none`; other values unchanged."""
+    if isinstance(value, bool):
+        return "crop_flip" if value else "none"
+    return value
+
+
+def exclusive_multipliers_error(multipliers_from: str, decay_from: str) -> str:
+    """The one message for a trial given both per-stage multipliers and a layer-wise decay."""
+    return (
+        f"stage_multipliers ({multipliers_from}) and layer_decay ({decay_from}) are mutually exclusive: "
+        "give per-stage multipliers or a layer-wise decay, not both"
+    )
 
 
 #: Learning-rate parameters: compared on a log scale.
 LR_PARAMS: tuple[str, ...] = ("base_lr", "inner_lr", "last_lr", "lr_scale")
 
 
-def param_distance(key: str, a: float | None, b: float | None) -> float:
+def param_distance(key: str, a: Any, b: Any) -> float:
     """How far apart two values of a parameter are: decades for learning rates (0, i.e. frozen, counts
-    as 1e-9), plain difference otherwise; 0 when either is unknown."""
+    as 1e-9), plain difference for other numbers, 0 or 1 (same or not) for names and lists; 0 when
+    either is unknown."""
     if a is None or b is None:
         return 0.0
     if key in LR_PARAMS:
         la = math.log10(a) if a > 0 else -9.0
         lb = math.log10(b) if b > 0 else -9.0
         return abs(la - lb)
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return 0.0 if a == b else 1.0  # named choices (augment, lr_schedule) and lists: same or not
     return abs(float(a) - float(b))
 
 
@@ -50,7 +94,8 @@ class TrialParams(BaseModel):
 
     Learning rates follow DESIGN.md: stage i > frozen_depth trains at
     `inner_lr * stage_multipliers[i] * lr_scale`, the head at `last_lr * lr_scale`; `inner_lr` and
-    `last_lr` default to `base_lr`.
+    `last_lr` default to `base_lr`. `layer_decay` replaces the multipliers by `layer_decay ** (L - i)`
+    (the two are mutually exclusive), and `lr_schedule`/`warmup_epochs` scale every rate per epoch.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,8 +111,21 @@ class TrialParams(BaseModel):
     lr_scale: float = Field(default=1.0, ge=0)
     head: Literal["linear", "mlp1", "mlp2", "mlp3"] = "linear"
     activation: Literal["relu", "elu", "sigmoid"] = "relu"
-    augment: bool | None = None
+    augment: AugmentPolicy | None = None
     optimizer: Literal["sgd", "adam", "rmsprop"] | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    lr_schedule: LrSchedule | None = None
+    warmup_epochs: int | None = Field(default=None, ge=0)
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
+    mixup: float | None = Field(default=None, ge=0)
+    cutmix: float | None = Field(default=None, ge=0)
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    grad_clip: float | None = Field(default=None, ge=0)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_policy(cls, v: Any) -> Any:
+        return augment_policy(v)
 
     @field_validator("images_per_label")
     @classmethod
@@ -90,16 +148,37 @@ class TrialParams(BaseModel):
                 f"frozen_depth ({self.frozen_depth}) > transfer_depth ({self.transfer_depth}): "
                 "only transferred stages can be frozen"
             )
+        if self.stage_multipliers is not None and self.layer_decay is not None:
+            raise ValueError(exclusive_multipliers_error(str(list(self.stage_multipliers)), f"{self.layer_decay:g}"))
         return self
 
-    def resolved(self, num_stages: int, base_lr: float, augment: bool, optimizer: str) -> ResolvedParams:
-        """Fill defaults for a backbone with `num_stages` stages and check lengths against it."""
+    def resolved(
+        self, num_stages: int, base_lr: float, augment: bool | str, optimizer: str, **defaults: Any
+    ) -> ResolvedParams:
+        """Fill defaults for a backbone with `num_stages` stages and check lengths against it.
+
+        `defaults` holds the experiment's values of the fine-tuning knobs (`RECIPE_DEFAULTS`' keys,
+        e.g. `training.weight_decay`); a knob the trial leaves unset takes that value.
+        """
+        unknown = set(defaults) - set(RECIPE_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown recipe default(s) {sorted(unknown)}")
+        recipe = {
+            k: getattr(self, k) if getattr(self, k) is not None else defaults.get(k, RECIPE_DEFAULTS[k])
+            for k in RECIPE_DEFAULTS
+        }
+        if self.stage_multipliers is not None and recipe["layer_decay"] is not None:
+            raise ValueError(
+                exclusive_multipliers_error(str(list(self.stage_multipliers)), "training.layer_decay")
+            )
         depth = num_stages if self.transfer_depth is None else self.transfer_depth
         if depth > num_stages:
             raise ValueError(f"transfer_depth={depth} but the backbone has {num_stages} stages")
         if self.frozen_depth > depth:
             raise ValueError(f"frozen_depth ({self.frozen_depth}) > transfer_depth ({depth})")
         mults = self.stage_multipliers if self.stage_multipliers is not None else (1.0,) * num_stages
+        if recipe["layer_decay"] is not None:
+            mults = layer_decay_multipliers(recipe["layer_decay"], num_stages)
         if len(mults) != num_stages:
             raise ValueError(
                 f"stage_multipliers has {len(mults)} values but the backbone has {num_stages} stages"
@@ -117,9 +196,15 @@ class TrialParams(BaseModel):
             lr_scale=self.lr_scale,
             head=self.head,
             activation=self.activation,
-            augment=augment if self.augment is None else self.augment,
+            augment=augment_policy(augment) if self.augment is None else self.augment,
             optimizer=optimizer if self.optimizer is None else self.optimizer,
+            **recipe,
         )
+
+
+def layer_decay_multipliers(decay: float, num_stages: int) -> tuple[float, ...]:
+    """timm-style layer-wise decay: stage i of L (1-based) gets `decay ** (L - i)`, the last stage 1."""
+    return tuple(float(decay ** (num_stages - i)) for i in range(1, num_stages + 1))
 
 
 class ResolvedParams(BaseModel):
@@ -138,8 +223,17 @@ class ResolvedParams(BaseModel):
     lr_scale: float
     head: Literal["linear", "mlp1", "mlp2", "mlp3"]
     activation: Literal["relu", "elu", "sigmoid"]
-    augment: bool
+    augment: AugmentPolicy
     optimizer: Literal["sgd", "adam", "rmsprop"]
+    weight_decay: float
+    lr_schedule: LrSchedule
+    warmup_epochs: int
+    label_smoothing: float
+    mixup: float
+    cutmix: float
+    #: The decay the stage multipliers were computed from; None when they were given (or all 1).
+    layer_decay: float | None
+    grad_clip: float
 
     def stage_lrs(self) -> list[float]:
         """Learning rate of each stage; 0 for the frozen prefix."""

@@ -40,6 +40,7 @@ def source_key(experiment: ExperimentConfig, in_channels: int) -> str:
         "training": tr.model_dump(include={"batch_size", "optimizer", "base_lr", "momentum", "weight_decay",
                                            "augment", "image_size"}),
     }
+    body["training"].update(tr.recipe_changes())  # the fine-tuning knobs, only where set (old keys hold)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

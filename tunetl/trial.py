@@ -29,14 +29,16 @@ from tunetl.data import (
     Preprocess,
     StreamingImageSet,
     TaskData,
-    augment_batch,
     images_per_label_indices,
     load_dataset,
 )
+from tunetl.data.policies import make_augmenter
 from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
+from tunetl.mixing import BatchMixer
 from tunetl.models import list_backbones
 from tunetl.params import ResolvedParams, TrialParams
+from tunetl.schedule import build_lr_schedule
 from tunetl.transfer import make_optimizer, prepare_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class EpochMetrics:
     val_loss: float
     val_acc: float
     seconds: float
+    #: The learning-rate schedule's factor during this epoch (every group's rate = formula x factor).
+    lr_factor: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -146,7 +150,7 @@ class TrialRunner:
         training = experiment.training
         stage_names = list_backbones()[experiment.backbone]
         self.params: ResolvedParams = params.resolved(
-            len(stage_names), training.base_lr, training.augment, training.optimizer
+            len(stage_names), training.base_lr, training.augment, training.optimizer, **training.recipe_defaults()
         )
         channels = in_channels if in_channels is not None else model_in_channels(experiment, self.task)
         torch.manual_seed(seed)
@@ -166,7 +170,11 @@ class TrialRunner:
             self.params.optimizer,
             prepared.param_groups,
             momentum=training.momentum,
-            weight_decay=training.weight_decay,
+            weight_decay=self.params.weight_decay,
+        )
+        self._base_lr0 = float(self.optimizer.param_groups[0]["lr"])
+        self.lr_schedule = build_lr_schedule(
+            self.optimizer, self.params.lr_schedule, self.params.warmup_epochs, training.epochs
         )
         size = training.image_size or self.model.input_size
         self.preprocess = Preprocess(size, channels, self.model.mean, self.model.std).to(self.device)
@@ -175,6 +183,15 @@ class TrialRunner:
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.aug_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        #: Seeds torchvision's draws (v2 policies, MixUp/CutMix), which run on a forked global RNG.
+        self.recipe_generator = torch.Generator().manual_seed(seed + 2)
+        self.augmenter = make_augmenter(self.params.augment, self.preprocess, self.recipe_generator, self.aug_generator)
+        p = self.params
+        self.mixer = (
+            BatchMixer(p.mixup, p.cutmix, len(self.task.class_names), self.recipe_generator)
+            if p.mixup > 0 or p.cutmix > 0
+            else None
+        )
         self.epoch = 0
         self.best_val_acc = float("-inf")
         self.history: list[EpochMetrics] = []
@@ -192,8 +209,9 @@ class TrialRunner:
         self._val_set = loader_settings(self.task.val, cpus, self.device)
         prefix = 0 if self.feature_cache == "off" else self.frozen_prefix
         # With augmentation the inputs change every epoch: only the preprocessed images are kept.
+        # MixUp/CutMix, label smoothing and schedules act after the prefix and keep its cache.
         self.train_start, self._train_cache = self._inputs(
-            "train", self.task.train, self.train_idx, 0 if self.params.augment else prefix
+            "train", self.task.train, self.train_idx, 0 if self.augmenter is not None else prefix
         )
         self.val_start, self._val_cache = self._inputs("val", self.task.val, np.arange(len(self.task.val)), prefix)
 
@@ -297,14 +315,14 @@ class TrialRunner:
         if self._train_cache is None:
             order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator).numpy()]
             for x, y in self._prepared_batches(self._train_set, order, bs, 0):
-                yield (augment_batch(x, self.aug_generator) if self.params.augment else x), y
+                yield (self.augmenter(x) if self.augmenter is not None else x), y
             return
         inputs = self._train_cache
         perm = torch.randperm(len(inputs.y), generator=self.generator).to(self.device)
         for start in range(0, len(perm), bs):
             x, y = inputs.take(perm[start : start + bs])
-            if self.params.augment:
-                x = augment_batch(x, self.aug_generator)
+            if self.augmenter is not None:
+                x = self.augmenter(x)
             yield x, y
 
     def _val_batches(self) -> Iterator[Batch]:
@@ -318,6 +336,7 @@ class TrialRunner:
 
     def run_epoch(self) -> EpochMetrics:
         t0 = time.perf_counter()
+        lr_factor = float(self.optimizer.param_groups[0]["lr"]) / self._base_lr0
         train = train_one_epoch(
             self.model,
             self._train_batches(),
@@ -325,7 +344,12 @@ class TrialRunner:
             frozen_prefix=self.frozen_prefix,
             start_stage=self.train_start,
             amp=self.amp,
+            label_smoothing=self.params.label_smoothing,
+            mix=self.mixer,
+            grad_clip=self.params.grad_clip,
         )
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()
         val = evaluate(self.model, self._val_batches(), start_stage=self.val_start, amp=self.amp)
         self.epoch += 1
         metrics = EpochMetrics(
@@ -335,6 +359,7 @@ class TrialRunner:
             val_loss=val.loss,
             val_acc=val.acc,
             seconds=time.perf_counter() - t0,
+            lr_factor=lr_factor,
         )
         if val.acc == val.acc:  # NaN never becomes the best
             self.best_val_acc = max(self.best_val_acc, val.acc)
@@ -349,6 +374,8 @@ class TrialRunner:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "aug_generator": self.aug_generator.get_state(),
+            "recipe_generator": self.recipe_generator.get_state(),
+            "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule is not None else None,
             "best_val_acc": self.best_val_acc,
             "history": [m.as_dict() for m in self.history],
         }
@@ -358,6 +385,11 @@ class TrialRunner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.aug_generator.set_state(state["aug_generator"])
+        # Checkpoints from before the fine-tuning knobs have neither (their trials used neither).
+        if "recipe_generator" in state:
+            self.recipe_generator.set_state(state["recipe_generator"])
+        if self.lr_schedule is not None and state.get("lr_schedule") is not None:
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
         self.history = [EpochMetrics(**m) for m in state["history"]]

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 STATE_FILE = "tunetl_search.json"
 #: Key of the first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
 RECORD_KEY = "tunetl_record"
-EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss")
+#: `lr_factor`: the learning-rate schedule's factor that epoch (1 without a schedule).
+EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss", "lr_factor")
 #: Ray Tune trial status -> MLflow run status; any other (PENDING, RUNNING, PAUSED) is an unfinished trial.
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")

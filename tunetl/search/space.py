@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-FLOAT_PARAMS = LR_PARAMS
-INT_PARAMS = ("transfer_depth", "frozen_depth", "images_per_label")
+FLOAT_PARAMS = (*LR_PARAMS, "weight_decay", "label_smoothing", "mixup", "cutmix", "layer_decay", "grad_clip")
+INT_PARAMS = ("transfer_depth", "frozen_depth", "images_per_label", "warmup_epochs")
 #: Keys a search space may hold: every trial parameter except `condition` (set by `conditions`).
 SPACE_KEYS = tuple(k for k in SEARCH_PARAMS if k != "condition") + ("conditions",)
 

@@ -174,7 +174,8 @@ def _best(runner: TrialRunner) -> float | None:
 
 
 def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
-    metrics = {"val_acc": m.val_acc, "val_loss": m.val_loss, "train_acc": m.train_acc, "train_loss": m.train_loss}
+    metrics = {"val_acc": m.val_acc, "val_loss": m.val_loss, "train_acc": m.train_acc, "train_loss": m.train_loss,
+               "lr_factor": m.lr_factor}
     if diverged:
         # A diverged model predicts garbage; 0 accuracy keeps NaN out of schedulers and tables.
         metrics = {k: (0.0 if k.endswith("acc") else v) for k, v in metrics.items()}

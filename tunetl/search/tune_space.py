@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunetl.params import param_distance
-from tunetl.search.space import Dist, SearchSpace
+from tunetl.search.space import INT_PARAMS, Dist, SearchSpace
 
 POINT, CONDITION, SEED, TRIAL_INDEX, TASK = "_point", "_condition", "seed", "__trial_index__", "_task"
 
@@ -137,7 +137,7 @@ def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
             out[key] = d.values[int(config[f"{key}_index"])]
         elif key in config:
             out[key] = config[key]
-    for key in ("transfer_depth", "frozen_depth", "images_per_label"):
+    for key in INT_PARAMS:
         if isinstance(out.get(key), float):
             out[key] = int(out[key])
     return out
