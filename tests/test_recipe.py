@@ -132,9 +132,12 @@ def test_warmup_must_leave_epochs_and_old_augment_values_still_work(tmp_path: Pa
 
 
 def test_the_modern_space_file_validates() -> None:
-    space = str(ROOT / "search_spaces" / "modern.yaml")
+    import yaml
+
+    raw = yaml.safe_load(QUICK.read_text())
+    raw["search_space"] = str(ROOT / "search_spaces" / "modern.yaml")
     for searcher in ("optuna", "grid"):
-        p = api.plan(QUICK, overrides=[f"search_space={space}", f"searcher.type={searcher}", "training.epochs=4"])
+        p = api.plan(raw, overrides=[f"searcher.type={searcher}", "training.epochs=4"])
         assert p.grid_points == 2
         assert {"lr_schedule", "layer_decay", "mixup", "cutmix", "augment", "grad_clip"} <= set(p.space.dims)
 

@@ -236,3 +236,21 @@ def test_resume_keeps_one_run_per_trial_and_refuses_an_edited_space(tmp_path: Pa
     edited = _small("search_space={transfer_depth: 0, images_per_label: {grid: [5, 20]}}")
     with pytest.raises(ConfigError, match="changed since"):
         api.run(QUICK, overrides=edited, name="res", tracking_uri=sqlite_uri, storage=tmp_path / "r", resume=True)
+
+
+def test_fine_tuning_knobs_are_searched_and_recorded(tmp_path: Path, sqlite_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    space = ("search_space={transfer_depth: 4, frozen_depth: 2, images_per_label: 10, lr_schedule: {grid: [constant, "
+             "cosine]}, warmup_epochs: 1, mixup: 0.2, label_smoothing: 0.1, layer_decay: 0.5, augment: trivial}")
+    summary = api.run(QUICK, overrides=_small(space), name="knobs", tracking_uri=sqlite_uri, storage=tmp_path / "r")
+    assert summary.num_trials == 2 and summary.num_failed == 0
+    frame = load_trials("knobs", sqlite_uri).sort_values("lr_schedule")
+    assert list(frame["lr_schedule"]) == ["constant", "cosine"]
+    assert (frame["augment"] == "trivial").all() and (frame["mixup"] == 0.2).all()
+    assert (frame["layer_decay"] == 0.5).all() and (frame["warmup_epochs"] == 1).all()
+    assert (frame["label_smoothing"] == 0.1).all() and (frame["grad_clip"] == 0.0).all()
+    assert frame["stage_multipliers"].iloc[0] == (0.125, 0.25, 0.5, 1.0)
+    history = MlflowClient(sqlite_uri).get_metric_history(frame["run_id"].iloc[1], "lr_factor")
+    # epochs=2, warmup 1: half the rate in epoch 1; cosine over the one epoch left starts at the full rate
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 1.0)]
