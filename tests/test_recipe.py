@@ -140,6 +140,19 @@ def test_the_modern_space_file_validates() -> None:
         p = api.plan(raw, overrides=[f"searcher.type={searcher}", "training.epochs=4"])
         assert p.grid_points == 2
         assert {"lr_schedule", "layer_decay", "mixup", "cutmix", "augment", "grad_clip"} <= set(p.space.dims)
+    # What Optuna draws from it maps back to valid trial parameters (integers stay integers).
+    import optuna
+
+    from tunetl.search.tune_space import OptunaSpace, trial_params
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        OptunaSpace(p.space)(trial)
+        params = TrialParams.model_validate(trial_params(p.space, trial.params))
+        assert params.layer_decay is not None and 0.5 <= params.layer_decay <= 1
+        assert isinstance(params.warmup_epochs, int) and params.augment in ("none", "crop_flip", "trivial", "randaugment")
+        study.tell(trial, 0.0)
 
 
 KNOBS: list[dict[str, Any]] = [

@@ -1,7 +1,8 @@
 """One epoch of training and evaluation in plain PyTorch (no Ray, no MLflow).
 
 The frozen prefix runs under `torch.no_grad()` and the trainable suffix with autograd, so that a caller
-can replace the prefix by cached activations (`start_stage`). Losses and hits are summed on the device
+can replace the prefix by cached activations (`start_stage`); MixUp/CutMix (`mix`) act on the
+activations leaving the prefix, so they see the same tensors either way. Losses and hits are summed on the device
 and read once per epoch: no host sync per step. `amp` runs forward passes under `torch.autocast` in that
 dtype (bfloat16: same range as float32, so no loss scaling is needed).
 """
