@@ -108,10 +108,9 @@ def plan(
 
 
 def _needs_source(p: Plan) -> bool:
-    from tunetl.search.space import values_of
+    from tunetl.search.space import space_needs_source
 
-    depths = values_of(p.space, "transfer_depth")
-    return not depths or any(d is None or d > 0 for d in depths)
+    return space_needs_source(p.space)
 
 
 def _bundles(p: Plan, storage: Any) -> list[Any]:

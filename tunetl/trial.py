@@ -36,7 +36,7 @@ from tunetl.data import (
 from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
 from tunetl.models import list_backbones
-from tunetl.params import ResolvedParams, TrialParams
+from tunetl.params import ResolvedParams, TrialParams, needs_source
 from tunetl.transfer import make_optimizer, prepare_model
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def train_trial(
     from tunetl.source import source_state_for
 
     p = params if isinstance(params, TrialParams) else TrialParams.model_validate(params)
-    if source_state is None and (p.transfer_depth is None or p.transfer_depth > 0):
+    if source_state is None and needs_source(p.transfer_depth):
         source_state = source_state_for(experiment)
     runner = TrialRunner(p, experiment, seed=seed, task=task, source_state=source_state, device=device)
     for _ in range(epochs or experiment.training.epochs):
