@@ -14,6 +14,7 @@ batches always run through the whole network; its validation set still uses the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -50,6 +51,14 @@ FeatureCacheMode = Literal["node", "trial", "off"]
 #: Where a split's inputs come from each epoch: the node cache (read or computed by this trial), the
 #: trial's own prefix outputs, its preprocessed images (no frozen prefix to run), or streamed raw images.
 FeatureSource = Literal["node-hit", "node-computed", "trial", "preprocessed", "streamed"]
+
+
+#: A training loss above this (or not finite) marks a run diverged: it stops and ranks with accuracy 0.
+DIVERGED_LOSS = 1e6
+
+
+def has_diverged(loss: float) -> bool:
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
+from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
@@ -212,7 +213,9 @@ class MlflowFinalizer(tune.Callback):
         run_id = self._run_id(trial)
         if run_id:
             best = (trial.last_result or {}).get("best_val_acc")
-            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False)
+            # The trial's own traceback tag wins (finish keeps a known error); a killed worker has none.
+            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False,
+                                 error=trial_error_text(trial))
 
 
 def _reporter() -> Any:
@@ -281,7 +284,9 @@ def build_tuner(
         searcher = None
         param_space = grid_param_space(space, seeds, len(bundles))
         num_samples = experiment.searcher.num_samples
-    callbacks = [MlflowFinalizer(recorder, epochs)] if recorder is not None else []
+    callbacks: list[Any] = [TrialLedger(storage, run_name)]
+    if recorder is not None:
+        callbacks.append(MlflowFinalizer(recorder, epochs))
     # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
@@ -374,13 +379,19 @@ def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | No
     return None, busy
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _forward_to_tune(received: list[int]) -> Any:
-    """A SIGTERM handler that stops the search the way Ctrl-C does: Tune saves its state and returns."""
+    """A Ctrl-C / SIGTERM handler that records the signal and asks Tune to stop (Tune's SIGUSR1 handler:
+    it saves its state and returns); a second signal stops at once."""
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
         tune_handler = signal.getsignal(signal.SIGUSR1)
-        if callable(tune_handler):
+        if len(received) == 1 and callable(tune_handler):
+            print(f"\n[tunetl] {signal.Signals(signum).name}: saving the search's state; send it again to stop "
+                  "at once", flush=True)
             tune_handler(signum, frame)
         else:
             raise KeyboardInterrupt
@@ -389,21 +400,33 @@ def _forward_to_tune(received: list[int]) -> Any:
 
 
 def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
-    """Run the Tuner; SIGTERM (e.g. a scheduler preempting the driver) stops it gracefully, like Ctrl-C."""
+    """Run the Tuner; Ctrl-C and SIGTERM (e.g. a scheduler preempting the driver) stop it gracefully.
+
+    tunetl catches both itself (Tune's own SIGINT handler is switched off): Tune marks every trial
+    TERMINATED while it cleans up, so only the recorded signal, and the trials the ledger saw unfinished
+    at the last step, tell an interrupted search from a finished one.
+    """
     received: list[int] = []
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _forward_to_tune(received)) if main else None
+    previous: dict[int, Any] = {}
+    if main:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        previous = {s: signal.signal(s, _forward_to_tune(received)) for s in _STOP_SIGNALS}
+    LIVE["unfinished"] = 0
     try:
         results = tuner.fit()
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    incomplete = len(results) - results.num_terminated - results.num_errors
+    if received:
+        incomplete = max(incomplete, LIVE["unfinished"])
     return SearchOutcome(
         path=path,
         num_trials=len(results),
         num_errors=results.num_errors,
         seconds=time.perf_counter() - started,
-        num_incomplete=len(results) - results.num_terminated - results.num_errors,
+        num_incomplete=incomplete,
         signal=received[0] if received else None,
     )
 
