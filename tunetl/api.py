@@ -83,8 +83,14 @@ def plan(
     for i, task_exp in enumerate(exp.task_experiments()):
         where = "dataset" if exp.tasks is None else f"tasks[{i}]"
         tasks.append((task_exp, _load(task_exp.dataset, f"{where}.dataset" if exp.tasks else where)))
+        if len(tasks[-1][1].class_names) < 2:
+            raise ConfigError(f"{where}: {tasks[-1][1].name} has {len(tasks[-1][1].class_names)} class(es); a "
+                              "classifier needs at least 2 (check the folder's subfolders or classes:)")
         if task_exp.source.train_on is not None:
             _load(task_exp.source.train_on, f"{where}.source.train_on" if exp.tasks else "source.train_on")
+        if task_exp.source.weights_file is not None:
+            _check_weights_file(task_exp.source.weights_file,
+                                f"{where}.source.weights_file" if exp.tasks else "source.weights_file")
     counts = []
     for _, task in tasks:
         per_class = np.bincount(task.train.labels, minlength=len(task.class_names))
@@ -105,6 +111,35 @@ def plan(
         raise ConfigError(str(err)) from None
     points, skipped = space.grid_points()
     return Plan(experiment=exp, space=space, tasks=tasks, grid_points=len(points), skipped=skipped)
+
+
+def _check_weights_file(path: str, where: str) -> None:
+    """A weights file is read (safely: tensors only, never a pickle's code) before Ray starts."""
+    from tunetl.models.weights import WeightsError, load_state_file
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: {path}: no such file; give the path of a state-dict file (.pt, .pth, "
+                          ".safetensors)")
+    try:
+        load_state_file(path)
+    except WeightsError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_local_run(exp: ExperimentConfig, address: str | None, num_cpus: int | None) -> None:
+    """What a local Ray could never run, said before it starts (a cluster is checked once joined)."""
+    import os
+
+    if num_cpus is not None and num_cpus <= 0:
+        raise ConfigError(f"--num-cpus {num_cpus}: give a positive number of CPUs (or leave it out: all)")
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = num_cpus or os.cpu_count() or 1
+    if exp.resources.cpu > cpus:
+        raise ConfigError(
+            f"resources.cpu: each trial asks for {exp.resources.cpu:g} CPU(s) but the local Ray has {cpus}; "
+            f"lower it (--set resources.cpu=1) or join a cluster with --address"
+        )
 
 
 def _needs_source(p: Plan) -> bool:
@@ -199,9 +234,12 @@ def run(
 
     p = plan(experiment, overrides, name)
     exp = p.experiment
+    _check_local_run(exp, address, num_cpus)
     uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
     check_tracking(uri)
     store = rn.open_storage(storage)
+    rn.check_local_storage(store)
+    rn.check_address(address)
     started = time.perf_counter()
     run_name = _search_to_resume(store, exp, resume=resume, new=new)
     print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
@@ -213,7 +251,7 @@ def run(
     rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     recorder = SearchRecorder(uri, exp.name)
-    run_name = run_name or f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name or rn.new_run_name(exp.name)
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
     lock = rn.DriverLock(store, run_name)
     if not lock.acquire():
@@ -324,11 +362,21 @@ def _skipped_tag(p: Plan) -> dict[str, str]:
     return {"tunetl.skipped_files": "\n".join(names)[:5000]} if names else {}
 
 
+def tracking_store(tracking_uri: str | None) -> str:
+    """The tracking URI to read: resolved, its credentials moved into MLflow's variables (never printed),
+    and checked to answer within seconds (MLflow alone retries for minutes, then quotes the URI whole)."""
+    from tunetl.tracking import adopt_credentials, check_tracking, resolve_tracking_uri
+
+    uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
+    check_tracking(uri)
+    return uri
+
+
 def trials(experiment: str | list[str], tracking_uri: str | None = None) -> pd.DataFrame:
     """Every child run (trial) of the experiment(s) as the trials frame."""
-    from tunetl.tracking import load_trials, resolve_tracking_uri
+    from tunetl.tracking import load_trials
 
-    return load_trials(experiment, resolve_tracking_uri(tracking_uri))
+    return load_trials(experiment, tracking_store(tracking_uri))
 
 
 def varying_params(frame: pd.DataFrame) -> list[str]:
@@ -450,9 +498,9 @@ def report(experiment: str | list[str], out: str | Path, tracking_uri: str | Non
            curves: int = 5) -> Path:
     """Plots and tables of an experiment's trials (learning curves of the `curves` best); returns index.md."""
     from tunetl.report import write_report
-    from tunetl.tracking import metric_histories, resolve_tracking_uri
+    from tunetl.tracking import metric_histories
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     frame = trials(experiment, uri)
     done = frame[frame["status"] == "FINISHED"].sort_values("best_val_acc", ascending=False)
     histories = metric_histories(list(done["run_id"].head(curves)), uri) if curves else None
@@ -500,10 +548,9 @@ def fit_regressor(
 ) -> tuple[Any, str, int | None, pd.DataFrame]:
     """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow."""
     from tunetl.meta.regressor import fit_meta_model, meta_dataset
-    from tunetl.tracking import resolve_tracking_uri
     from tunetl.tracking.registry import log_meta_model
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     frame = trials(experiments, uri)
     try:
         meta = meta_dataset(frame)
@@ -530,10 +577,9 @@ def predict(
 ) -> dict[str, Any]:
     """Recommended inner_lr, last_lr, lr_scale, frozen_depth for a new dataset from a registered meta-model."""
     from tunetl.meta.predict import recommend
-    from tunetl.tracking import resolve_tracking_uri
     from tunetl.tracking.registry import DEFAULT_MODEL_NAME, load_meta_model
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     meta_model, name, version = load_meta_model(model or DEFAULT_MODEL_NAME, uri)
     feats = features(dataset, source, backbone, images_per_label=images_per_label)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from ray import tune
 
-from tunetl.config import ExperimentConfig
+from tunetl.config import ExperimentConfig, check_name
 from tunetl.data import TaskData
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.results import STATE_FILE
@@ -59,6 +60,37 @@ def open_storage(text: str | Path | None) -> Storage:
         return Storage(text if text else default_storage())
     except StorageError as err:
         raise SearchError(str(err)) from None
+
+
+def check_local_storage(storage: Storage) -> None:
+    """The storage must be a folder this machine can write, before Ray starts (nodes are checked later)."""
+    if storage.is_local and storage.local_path.exists() and not storage.local_path.is_dir():
+        raise SearchError(f"--storage {storage.display()}: is a file, not a folder; give a folder (created if "
+                          "missing), e.g. --storage ./tunetl_runs")
+    why = storage.probe()
+    if why is not None:
+        raise SearchError(f"--storage {storage.display()}: cannot write there ({why}); give a folder you can "
+                          "write, e.g. --storage ./tunetl_runs")
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A `HOST:PORT` Ray address must answer within seconds: Ray alone waits minutes without a word."""
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected HOST:PORT (the head node's GCS port, e.g. 10.0.0.1:6379) "
+                          "or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    raise SearchError(f"--address {address}: no Ray cluster answers there ({why}); start one with "
+                      f"`ray start --head --port {port}` or leave out --address to run locally")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -356,16 +388,34 @@ class DriverLock:
             self._fd = None
 
 
+_STAMP = re.compile(r"_\d{8}-\d{6}$")
+
+
+def new_run_name(experiment_name: str) -> str:
+    """The one place an experiment name becomes a path: the search folder `<name>_<YYYYmmdd-HHMMSS>`.
+
+    The name was checked as one safe folder name (`tunetl.config.check_name`) when the experiment loaded.
+    """
+    check_name(experiment_name)
+    return f"{experiment_name}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _searches_of(storage: Storage, experiment_name: str) -> list[str]:
+    """This experiment's search folders, oldest first: `name_<stamp>` exactly (not `name_other_<stamp>`)."""
+    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
+    return [r for r, _ in runs if _STAMP.search(r) and _STAMP.sub("", r) == experiment_name]
+
+
 def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
     """The newest search of this experiment in `storage`, finished or not (its folder name)."""
-    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
-    return runs[-1][0] if runs else None
+    runs = _searches_of(storage, experiment_name)
+    return runs[-1] if runs else None
 
 
 def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | None, str | None]:
     """(newest unfinished search of this experiment no driver holds, newest one that a driver holds)."""
     busy = None
-    for run, _ in reversed(storage.subfolders_with(f"{experiment_name}_", STATE_FILE)):
+    for run in reversed(_searches_of(storage, experiment_name)):
         try:
             if read_state(storage, run).get("finished"):
                 continue
