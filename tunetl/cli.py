@@ -293,12 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout, sys.stderr = out, err
 
 
-def _error(err: BaseException, debug: bool, code: int, hint: str = "") -> int:
+def _error(err: BaseException, debug: bool, code: int, text: str | None = None, hint: str = "") -> int:
     if debug:
         import traceback
 
         traceback.print_exception(err)
-    print(f"tunetl: error: {str(err).strip()}{hint}", file=sys.stderr)
+    print(f"tunetl: error: {(text if text is not None else str(err)).strip()}{hint}", file=sys.stderr)
     return code
 
 
@@ -318,15 +318,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
         text = f"{where}{err.strerror or err}"
-        if isinstance(err, FileNotFoundError) or err.filename:
-            return _error(OSError(text), debug, EXIT_INVALID)
-        return _error(OSError(text), debug, EXIT_FAILED)
+        return _error(err, debug, EXIT_INVALID if err.filename else EXIT_FAILED, text)
     except KeyboardInterrupt:
         print("tunetl: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the CLI's last word: one line, never a traceback
-        return _error(Exception(f"{type(err).__name__}: {str(err).strip() or 'no message'}"), debug, EXIT_FAILED,
-                      " (run again with --debug for the traceback)")
+        return _error(err, debug, EXIT_FAILED, f"{type(err).__name__}: {str(err).strip() or 'no message'}",
+                      "" if debug else " (run again with --debug for the traceback)")
 
 
 if __name__ == "__main__":
