@@ -70,7 +70,10 @@ def _where(err: yaml.YAMLError) -> str:
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document; raises `YamlInputError` (a one-line reason with its line) on bad input."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as err:  # the reader refuses control characters at once
+        raise YamlInputError(str(getattr(err, "reason", None) or err).splitlines()[0]) from None
     try:
         node = loader.get_single_node()
         if node is None:
