@@ -268,17 +268,17 @@ def run(
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
                                              "config": exp.model_dump(mode="json")})
-        if rn.can_restore(store, run_name):
-            logger = recorder.trial_logger()
-            tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
-        else:
-            # New, or its driver died before Tune saved any state: start the trials in the same folder.
-            warm = _warm_start(p, bundles, uri)
-            if warm:
-                recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
-            tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                                   storage=store, run_name=run_name, warm_start=warm)
-        try:
+        try:  # from here on, any stop (Ctrl-C while Tune loads, an error) closes the parent run
+            if rn.can_restore(store, run_name):
+                logger = recorder.trial_logger()
+                tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
+            else:
+                # New, or its driver died before Tune saved any state: start the trials in the same folder.
+                warm = _warm_start(p, bundles, uri)
+                if warm:
+                    recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
+                tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
+                                       storage=store, run_name=run_name, warm_start=warm)
             outcome = rn.fit(tuner, started, run_path)
         except BaseException:
             recorder.close_open_children("KILLED", "interrupted")
@@ -314,9 +314,10 @@ def _finish(
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
                          outcome.seconds, frame, best_table(frame))
     if outcome.interrupted:
+        left = f"with {outcome.num_incomplete} trial(s) unfinished" if outcome.num_incomplete else "before it finished"
         raise SearchInterrupted(
-            f"search {run_name} stopped with {outcome.num_incomplete} trial(s) unfinished; its state is "
-            f"saved: run the same command again (or add --resume) to finish it", summary, outcome.signal)
+            f"search {run_name} stopped {left}; its state is saved: run the same command again (or add "
+            "--resume) to finish it", summary, outcome.signal)
     return summary
 
 

@@ -129,3 +129,18 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
     assert rc in (1, 2) and "Traceback" not in err and err.count("\n") == 1, err
     cli.main(["--debug", *argv])
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_resume_finds_the_search_of_its_own_name_not_one_that_shares_the_prefix(tmp_path: Path) -> None:
+    """`conc` must not pick `conc_other_*` (newer, and with other inputs: a false "experiment changed")."""
+    import json
+
+    from tunetl.search import runner as rn
+
+    store = rn.open_storage(tmp_path)
+    for folder in ("conc_20260101-000000", "conc_other_20260101-000001", "conc_x"):
+        rn.write_state(store, folder, {"fingerprint": folder, "finished": False})
+    assert rn.latest_run_dir(store, "conc") == "conc_20260101-000000"
+    assert rn.unfinished_run_dir(store, "conc")[0] == "conc_20260101-000000"
+    assert rn.latest_run_dir(store, "conc_other") == "conc_other_20260101-000001"
+    assert json.loads((tmp_path / "conc_x" / "tunetl_search.json").read_text())["fingerprint"] == "conc_x"
