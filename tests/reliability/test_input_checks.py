@@ -45,6 +45,12 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     space_bomb = tmp / "space_bomb.yaml"
     space_bomb.write_text(BOMB.replace("i: &i", "transfer_depth: &i"))
     quick = Path(QUICK).read_text()
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp / "tiny" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (1, 1), color=40 * i).save(tmp / "tiny" / cls / f"{i}.png")
     return {
         "alias bomb": ([_experiment(tmp, BOMB)], "aliases"),
         "alias bomb in the search-space file": (
@@ -66,6 +72,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                  "source.weights_file: /nonexistent/w.pt: no such file"),
         "pickled weights file": ([QUICK, "--set", f"source={{weights_file: {pickled}}}"], "source.weights_file"),
         "single class": ([QUICK, "--set", "dataset.classes=[5]"], "at least 2"),
+        "1x1 images": ([QUICK, "--set", f"dataset={{path: {tmp / 'tiny'}}}"], "images are 1x1 pixels"),
         "FTall without a source": (
             [QUICK, "--set", "source={}", "--set",
              "search_space={conditions: {grid: [{name: base, transfer_depth: 0}, {name: FTall}]}}"],
@@ -80,7 +87,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 @pytest.mark.parametrize("case", [
     "alias bomb", "alias bomb in the search-space file", "duplicate key", "slash in name", "dot-dot name",
     "long name", "epochs true", "NaN learning rate", "inf multiplier", "num-cpus", "cpu beyond the machine",
-    "storage is a file", "tracking scheme", "missing weights file", "pickled weights file", "single class",
+    "storage is a file", "tracking scheme", "missing weights file", "pickled weights file", "single class", "1x1 images",
     "FTall without a source", "parse error outside the experiment folder", "unreachable --address",
 ])
 def test_bad_input_exits_2_before_ray_with_one_line(

@@ -26,10 +26,12 @@ LIVE: dict[str, int] = {"unfinished": 0}
 
 def trial_error_text(trial: Any) -> str:
     """The error Tune recorded for a failed trial (its error.txt), else what Tune holds in memory."""
-    path = getattr(trial, "path", None)
-    if path:
-        file = Path(path) / "error.txt"
-        if file.is_file():
+    candidates = [getattr(trial, "error_file", None)]  # the driver's copy, written before callbacks run
+    if getattr(trial, "path", None):
+        candidates.append(str(Path(trial.path) / "error.txt"))
+    for candidate in candidates:
+        file = Path(candidate) if candidate else None
+        if file is not None and file.is_file():
             text = file.read_text(errors="replace").strip()
             if text:
                 return text[-_MAX_ERROR_CHARS:]

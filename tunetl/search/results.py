@@ -219,7 +219,7 @@ def _trial(
     if mapped == "FAILED":
         file = folder / error_file if error_file else None
         text = file.read_text(errors="replace") if file is not None and file.is_file() else ""
-        error = (error_text or text)[-_MAX_ERROR_CHARS:] or "the trial failed without an error message"
+        error = (text or error_text or "the trial failed without an error message")[-_MAX_ERROR_CHARS:]
     return StoredTrial(
         trial_id=trial_id,
         status=mapped,
