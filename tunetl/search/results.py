@@ -4,11 +4,12 @@ Ray keeps every result a trial reported (`result.json` in the trial's folder, on
 and its config in `params.json`) in the search folder `<storage>/<name>_<timestamp>/`, beside tunetl's
 own `tunetl_search.json` (experiment, parent run, tracking URI, configuration) and `tunetl_trials.json`
 (how each trial ended, `tunetl.search.ledger`). Only these JSON files are read: Ray's own experiment
-state and `*.pkl` files are pickles, and a storage folder someone else wrote must not run code here. The first result of each trial attempt also carries the
-params and tags of its MLflow run (`RECORD_KEY`). Together that is a complete record of a search that
-no tracking server can lose: `tunetl export --from-storage` reads it, and `tunetl sync` writes into
-MLflow whatever an outage kept from it. Storage in an object store (`s3://...`) is read by copying
-these small files (never the checkpoints) to a temporary folder first.
+state and `*.pkl` files are pickles, and a storage folder someone else wrote must not run code here.
+The first result of each trial attempt also carries the params and tags of its MLflow run (`RECORD_KEY`).
+Together that is a complete record of a search that no tracking server can lose: `tunetl export
+--from-storage` reads it, and `tunetl sync` writes into MLflow whatever an outage kept from it. Storage in
+an object store (`s3://...`) is read by copying these small files (never the checkpoints) to a temporary
+folder first.
 """
 
 from __future__ import annotations
