@@ -151,3 +151,14 @@ def test_resume_finds_the_search_of_its_own_name_not_one_that_shares_the_prefix(
     assert rn.unfinished_run_dir(store, "conc")[0] == "conc_20260101-000000"
     assert rn.latest_run_dir(store, "conc_other") == "conc_other_20260101-000001"
     assert json.loads((tmp_path / "conc_x" / "tunetl_search.json").read_text())["fingerprint"] == "conc_x"
+
+
+def test_a_diverging_source_model_is_an_input_error_naming_the_learning_rate(tmp_path: Path) -> None:
+    """lr 1e9: the source's loss explodes; before, its NaN weights failed later as "features contains NaN"."""
+    from tunetl.config import ConfigError, load_experiment
+    from tunetl.source import train_source
+
+    exp = load_experiment(QUICK, ["source.epochs=3", "training.base_lr=1e9", "training.batch_size=256"])
+    with pytest.raises(ConfigError, match=r"source model diverged .*training.base_lr=1e\+09"):
+        train_source(exp, tmp_path, in_channels=1, log=False)
+    assert not list(tmp_path.glob("sources/*.pt")), "a diverged source was cached"
