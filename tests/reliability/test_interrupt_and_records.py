@@ -46,8 +46,10 @@ def _argv(uri: str, storage: Path, space: str, *sets: str, epochs: int) -> list[
 
 def test_ctrl_c_stops_the_search_resumably_and_the_same_command_finishes_it(tmp_path: Path, sqlite_uri: str) -> None:
     storage = tmp_path / "runs"
-    argv = _argv(sqlite_uri, storage, "{transfer_depth: 0, images_per_label: {grid: [5, 10]}}", epochs=4)
-    env, log = _env([{"sleep_s": 0.7}]), tmp_path / "first.log"
+    argv = _argv(sqlite_uri, storage, "{transfer_depth: 0, images_per_label: {grid: [5, 10, 20]}}", epochs=4)
+    # Two trials run at a time; the third waits for a slot and is slow (~11 s), so the signal, sent once a
+    # trial is past epoch 2, always finds unfinished work however loaded the machine is.
+    env, log = _env([{"sleep_s": 0.7}, {"match": "ipl=20 ", "sleep_s": 2.0}]), tmp_path / "first.log"
     proc = _start(argv, env, log)
     try:
         _wait_for(lambda: bool(_running_past_epoch(sqlite_uri, 2)), proc, log)
@@ -68,7 +70,7 @@ def test_ctrl_c_stops_the_search_resumably_and_the_same_command_finishes_it(tmp_
     assert "did not finish" in again.stdout
     assert [p.info.status for p in _parents(sqlite_uri)] == ["FINISHED"]
     runs = _children(sqlite_uri)
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
 
 
 class _Payload:
