@@ -85,7 +85,7 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         raise SearchError(f"--address {address}: expected HOST:PORT (the head node's GCS port, e.g. 10.0.0.1:6379) "
                           "or auto")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             return
     except OSError as err:
         why = err.strerror or type(err).__name__
