@@ -84,8 +84,14 @@ def plan(
     for i, task_exp in enumerate(exp.task_experiments()):
         where = "dataset" if exp.tasks is None else f"tasks[{i}]"
         tasks.append((task_exp, _load(task_exp.dataset, f"{where}.dataset" if exp.tasks else where)))
+        if len(tasks[-1][1].class_names) < 2:
+            raise ConfigError(f"{where}: {tasks[-1][1].name} has {len(tasks[-1][1].class_names)} class(es); a "
+                              "classifier needs at least 2 (check the folder's subfolders or classes:)")
         if task_exp.source.train_on is not None:
             _load(task_exp.source.train_on, f"{where}.source.train_on" if exp.tasks else "source.train_on")
+        if task_exp.source.weights_file is not None:
+            _check_weights_file(task_exp.source.weights_file,
+                                f"{where}.source.weights_file" if exp.tasks else "source.weights_file")
     counts = []
     for _, task in tasks:
         per_class = np.bincount(task.train.labels, minlength=len(task.class_names))
@@ -109,11 +115,39 @@ def plan(
     return Plan(experiment=exp, space=space, tasks=tasks, grid_points=len(points), skipped=skipped)
 
 
-def _needs_source(p: Plan) -> bool:
-    from tunetl.search.space import values_of
+def _check_weights_file(path: str, where: str) -> None:
+    """A weights file is read (safely: tensors only, never a pickle's code) before Ray starts."""
+    from tunetl.models.weights import WeightsError, load_state_file
 
-    depths = values_of(p.space, "transfer_depth")
-    return not depths or any(d is None or d > 0 for d in depths)
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: {path}: no such file; give the path of a state-dict file (.pt, .pth, "
+                          ".safetensors)")
+    try:
+        load_state_file(path)
+    except WeightsError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_local_run(exp: ExperimentConfig, address: str | None, num_cpus: int | None) -> None:
+    """What a local Ray could never run, said before it starts (a cluster is checked once joined)."""
+    import os
+
+    if num_cpus is not None and num_cpus <= 0:
+        raise ConfigError(f"--num-cpus {num_cpus}: give a positive number of CPUs (or leave it out: all)")
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = num_cpus or os.cpu_count() or 1
+    if exp.resources.cpu > cpus:
+        raise ConfigError(
+            f"resources.cpu: each trial asks for {exp.resources.cpu:g} CPU(s) but the local Ray has {cpus}; "
+            f"lower it (--set resources.cpu=1) or join a cluster with --address"
+        )
+
+
+def _needs_source(p: Plan) -> bool:
+    from tunetl.search.space import space_needs_source
+
+    return space_needs_source(p.space)
 
 
 def _bundles(p: Plan, storage: Any) -> list[Any]:
@@ -202,9 +236,12 @@ def run(
 
     p = plan(experiment, overrides, name)
     exp = p.experiment
+    _check_local_run(exp, address, num_cpus)
     uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
     check_tracking(uri)
     store = rn.open_storage(storage)
+    rn.check_local_storage(store)
+    rn.check_address(address)
     started = time.perf_counter()
     run_name = _search_to_resume(store, exp, resume=resume, new=new)
     print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
@@ -216,7 +253,7 @@ def run(
     rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     recorder = SearchRecorder(uri, exp.name)
-    run_name = run_name or f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name or rn.new_run_name(exp.name)
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
     lock = rn.DriverLock(store, run_name)
     if not lock.acquire():
@@ -233,17 +270,17 @@ def run(
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
                                              "config": exp.model_dump(mode="json")})
-        if rn.can_restore(store, run_name):
-            logger = recorder.trial_logger()
-            tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
-        else:
-            # New, or its driver died before Tune saved any state: start the trials in the same folder.
-            warm = _warm_start(p, bundles, uri)
-            if warm:
-                recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
-            tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                                   storage=store, run_name=run_name, warm_start=warm)
-        try:
+        try:  # from here on, any stop (Ctrl-C while Tune loads, an error) closes the parent run
+            if rn.can_restore(store, run_name):
+                logger = recorder.trial_logger()
+                tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
+            else:
+                # New, or its driver died before Tune saved any state: start the trials in the same folder.
+                warm = _warm_start(p, bundles, uri)
+                if warm:
+                    recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
+                tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
+                                       storage=store, run_name=run_name, warm_start=warm)
             outcome = rn.fit(tuner, started, run_path)
         except BaseException:
             recorder.close_open_children("KILLED", "interrupted")
@@ -279,9 +316,10 @@ def _finish(
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
                          outcome.seconds, frame, best_table(frame))
     if outcome.interrupted:
+        left = f"with {outcome.num_incomplete} trial(s) unfinished" if outcome.num_incomplete else "before it finished"
         raise SearchInterrupted(
-            f"search {run_name} stopped with {outcome.num_incomplete} trial(s) unfinished; its state is "
-            f"saved: run the same command again (or add --resume) to finish it", summary, outcome.signal)
+            f"search {run_name} stopped {left}; its state is saved: run the same command again (or add "
+            "--resume) to finish it", summary, outcome.signal)
     return summary
 
 
@@ -327,11 +365,21 @@ def _skipped_tag(p: Plan) -> dict[str, str]:
     return {"tunetl.skipped_files": "\n".join(names)[:5000]} if names else {}
 
 
+def tracking_store(tracking_uri: str | None) -> str:
+    """The tracking URI to read: resolved, its credentials moved into MLflow's variables (never printed),
+    and checked to answer within seconds (MLflow alone retries for minutes, then quotes the URI whole)."""
+    from tunetl.tracking import adopt_credentials, check_tracking, resolve_tracking_uri
+
+    uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
+    check_tracking(uri)
+    return uri
+
+
 def trials(experiment: str | list[str], tracking_uri: str | None = None) -> pd.DataFrame:
     """Every child run (trial) of the experiment(s) as the trials frame."""
-    from tunetl.tracking import load_trials, resolve_tracking_uri
+    from tunetl.tracking import load_trials
 
-    return load_trials(experiment, resolve_tracking_uri(tracking_uri))
+    return load_trials(experiment, tracking_store(tracking_uri))
 
 
 def varying_params(frame: pd.DataFrame) -> list[str]:
@@ -453,9 +501,9 @@ def report(experiment: str | list[str], out: str | Path, tracking_uri: str | Non
            curves: int = 5) -> Path:
     """Plots and tables of an experiment's trials (learning curves of the `curves` best); returns index.md."""
     from tunetl.report import write_report
-    from tunetl.tracking import metric_histories, resolve_tracking_uri
+    from tunetl.tracking import metric_histories
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     frame = trials(experiment, uri)
     done = frame[frame["status"] == "FINISHED"].sort_values("best_val_acc", ascending=False)
     histories = metric_histories(list(done["run_id"].head(curves)), uri) if curves else None
@@ -503,10 +551,9 @@ def fit_regressor(
 ) -> tuple[Any, str, int | None, pd.DataFrame]:
     """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow."""
     from tunetl.meta.regressor import fit_meta_model, meta_dataset
-    from tunetl.tracking import resolve_tracking_uri
     from tunetl.tracking.registry import log_meta_model
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     frame = trials(experiments, uri)
     try:
         meta = meta_dataset(frame)
@@ -533,10 +580,9 @@ def predict(
 ) -> dict[str, Any]:
     """Recommended inner_lr, last_lr, lr_scale, frozen_depth for a new dataset from a registered meta-model."""
     from tunetl.meta.predict import recommend
-    from tunetl.tracking import resolve_tracking_uri
     from tunetl.tracking.registry import DEFAULT_MODEL_NAME, load_meta_model
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(tracking_uri)
     meta_model, name, version = load_meta_model(model or DEFAULT_MODEL_NAME, uri)
     feats = features(dataset, source, backbone, images_per_label=images_per_label)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tunetl",
         description="Search how to fine-tune a pretrained image classifier on a small dataset.",
     )
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a search from an experiment YAML")
@@ -139,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(pivot)
     print()
     print(_best_text(summary.best, api.varying_params(frame)))
-    print(f"\nNext: tunetl best --experiment {summary.experiment} --group-by images_per_label")
+    print(f"\nNext: tunetl best --experiment {shlex.quote(summary.experiment)} --group-by images_per_label")
     print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")  # credential-free (adopt_credentials)
     if not summary.ok:
         return EXIT_FAILED
@@ -235,7 +237,7 @@ def cmd_fit_regressor(args: argparse.Namespace) -> int:
     where = f"registered as {register} version {version}" if version else "not registered"
     print(f"logged to MLflow run {run_id}; {where}")
     if version:
-        print(f"Next: tunetl predict --dataset builtin:digits --model {register}@{version}")
+        print(f"Next: tunetl predict --dataset builtin:digits --model {shlex.quote(f'{register}@{version}')}")
     return 0
 
 
@@ -278,24 +280,51 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every line it prints goes through `tunetl.redaction` (no credential reaches a
+    terminal), and every error ends in one line with exit 2 (input) or 1 (the rest), a traceback only
+    with --debug."""
+    from tunetl.redaction import RedactingStream
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _error(err: BaseException, debug: bool, code: int, text: str | None = None, hint: str = "") -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    print(f"tunetl: error: {(text if text is not None else str(err)).strip()}{hint}", file=sys.stderr)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    debug = bool(getattr(args, "debug", False))
     try:
         return func(args)
     except _known_errors() as err:
         from tunetl.config import ConfigError
-
-        print(f"tunetl: error: {err}", file=sys.stderr)
         from tunetl.models.weights import WeightsError
         from tunetl.search.runner import SearchError
 
-        return EXIT_INVALID if isinstance(err, (ConfigError, WeightsError, SearchError)) else EXIT_FAILED
-    except FileNotFoundError as err:
-        print(f"tunetl: error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        invalid = isinstance(err, (ConfigError, WeightsError, SearchError))
+        return _error(err, debug, EXIT_INVALID if invalid else EXIT_FAILED)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or err}"
+        return _error(err, debug, EXIT_INVALID if err.filename else EXIT_FAILED, text)
     except KeyboardInterrupt:
         print("tunetl: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's last word: one line, never a traceback
+        return _error(err, debug, EXIT_FAILED, f"{type(err).__name__}: {str(err).strip() or 'no message'}",
+                      "" if debug else " (run again with --debug for the traceback)")
 
 
 if __name__ == "__main__":

@@ -8,21 +8,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunetl.data.spec import DatasetSpec
+from tunetl.params import no_bool
+from tunetl.yaml_load import YamlInputError, load_yaml
+
+#: Longest experiment name: it becomes a folder name with a timestamp appended.
+MAX_NAME_CHARS = 100
+_NAME_BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 class ConfigError(ValueError):
     """Invalid experiment or search-space input; the message names the file and the key path."""
 
 
+def check_name(name: str) -> str:
+    """An experiment name that is safe as one folder name (it becomes `<storage>/<name>_<time>`)."""
+    if not name or not name.strip():
+        raise ValueError("must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"is {len(name)} characters long; use at most {MAX_NAME_CHARS}")
+    if _NAME_BAD.search(name) or name.startswith(".") or ".." in name:
+        raise ValueError(f"{name!r} cannot be a folder name: use letters, digits, '-', '_' and '.' "
+                         "(no '/', no '..', no leading '.')")
+    return name
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return no_bool(v, field.annotation if field else None)
 
 
 class SourceSpec(_Strict):
@@ -164,6 +196,11 @@ class ExperimentConfig(_Strict):
     #: Where the experiment came from; relative paths in it are resolved against its folder.
     source_file: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)
+
     @model_validator(mode="after")
     def _dataset_or_tasks(self) -> ExperimentConfig:
         if (self.dataset is None) == (self.tasks is None):
@@ -190,15 +227,16 @@ class ExperimentConfig(_Strict):
 
 
 def safe_load_yaml(path: Path) -> Any:
-    """Read YAML with the safe loader only: `!!python/object` and friends are errors, never code."""
+    """Read YAML with tunetl's one loader (`tunetl.yaml_load`): `!!python/object` and friends are errors,
+    never code; duplicate keys and alias bombs are refused."""
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from err
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        return load_yaml(text)
+    except YamlInputError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -209,9 +247,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlInputError as err:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from None
     return key.strip().split("."), value
 
 
@@ -259,7 +297,7 @@ def load_experiment(
     space_file: str | None = "inline"
     if isinstance(space, str):
         space_path = Path(space) if Path(space).is_absolute() else base / space
-        if not space_path.exists():
+        if "\x00" in space or not space_path.is_file():
             raise ConfigError(f"{origin}: search_space: file not found: {space_path}")
         loaded = safe_load_yaml(space_path)
         if not isinstance(loaded, dict):

@@ -7,9 +7,10 @@ MLflow logging and the analysis all agree on names, types and defaults.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Search-space keys, in the order they are shown in tables.
 SEARCH_PARAMS: tuple[str, ...] = (
@@ -89,6 +90,20 @@ def param_distance(key: str, a: Any, b: Any) -> float:
     return abs(float(a) - float(b))
 
 
+def no_bool(value: Any, annotation: Any) -> Any:
+    """YAML's `true` is not a number: refuse it for numeric fields (pydantic would read it as 1)."""
+    kinds = {annotation, *typing.get_args(annotation)}
+    if isinstance(value, bool) and bool not in kinds and kinds & {int, float, tuple[float, ...]}:
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def needs_source(transfer_depth: int | None) -> bool:
+    """The one "needs a source" rule: a trial transfers stages, and so needs source weights, unless its
+    transfer_depth is 0; the default (None) transfers every stage (FTall)."""
+    return transfer_depth is None or transfer_depth > 0
+
+
 class TrialParams(BaseModel):
     """One trial's transfer recipe; `None` means "use the experiment's default".
 
@@ -98,7 +113,7 @@ class TrialParams(BaseModel):
     (the two are mutually exclusive), and `lr_schedule`/`warmup_epochs` scale every rate per epoch.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     condition: str | None = None
     transfer_depth: int | None = Field(default=None, ge=0)
@@ -126,6 +141,12 @@ class TrialParams(BaseModel):
     @classmethod
     def _augment_policy(cls, v: Any) -> Any:
         return augment_policy(v)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return no_bool(v, field.annotation if field else None)
 
     @field_validator("images_per_label")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tunetl.config import ExperimentConfig
+from tunetl.config import ConfigError, ExperimentConfig
 from tunetl.data import load_dataset
 from tunetl.models import build
 from tunetl.models.weights import load_state_file
@@ -64,7 +64,7 @@ def train_source(
     log: bool = True,
 ) -> Path:
     """Train the source model on `source.train_on` (all stages, from scratch) unless cached; return its path."""
-    from tunetl.trial import TrialRunner, model_in_channels
+    from tunetl.trial import TrialRunner, has_diverged, model_in_channels
 
     src = experiment.source
     if src.train_on is None:
@@ -85,6 +85,11 @@ def train_source(
     )
     for _ in range(src.epochs):
         m = runner.run_epoch()
+        if has_diverged(m.train_loss):
+            raise ConfigError(
+                f"source.train_on: the source model diverged at epoch {m.epoch} (training loss {m.train_loss:.3g}) "
+                f"with training.base_lr={source_exp.training.base_lr:g}; lower training.base_lr"
+            )
     if log:
         print(
             f"[tunetl] source model: {experiment.backbone} on {runner.task.name}, {src.epochs} epochs, "

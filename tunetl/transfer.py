@@ -15,7 +15,7 @@ import torch
 
 from tunetl.models import StagedModel, build
 from tunetl.models.weights import WeightsError
-from tunetl.params import ResolvedParams
+from tunetl.params import ResolvedParams, needs_source
 
 
 @dataclass
@@ -90,7 +90,7 @@ def prepare_model(
         dropout=dropout,
         seed=seed,
     )
-    if params.transfer_depth > 0:
+    if needs_source(params.transfer_depth):
         if source_state is None:
             raise ValueError(
                 f"transfer_depth={params.transfer_depth} needs source weights: set source.train_on, "

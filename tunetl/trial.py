@@ -14,6 +14,7 @@ batches always run through the whole network; its validation set still uses the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
 from tunetl.mixing import BatchMixer
 from tunetl.models import list_backbones
-from tunetl.params import ResolvedParams, TrialParams
+from tunetl.params import ResolvedParams, TrialParams, needs_source
 from tunetl.schedule import build_lr_schedule
 from tunetl.transfer import make_optimizer, prepare_model
 
@@ -52,6 +53,14 @@ FeatureCacheMode = Literal["node", "trial", "off"]
 #: Where a split's inputs come from each epoch: the node cache (read or computed by this trial), the
 #: trial's own prefix outputs, its preprocessed images (no frozen prefix to run), or streamed raw images.
 FeatureSource = Literal["node-hit", "node-computed", "trial", "preprocessed", "streamed"]
+
+
+#: A training loss above this (or not finite) marks a run diverged: it stops and ranks with accuracy 0.
+DIVERGED_LOSS = 1e6
+
+
+def has_diverged(loss: float) -> bool:
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
 
 
 @dataclass(frozen=True)
@@ -413,7 +422,7 @@ def train_trial(
     from tunetl.source import source_state_for
 
     p = params if isinstance(params, TrialParams) else TrialParams.model_validate(params)
-    if source_state is None and (p.transfer_depth is None or p.transfer_depth > 0):
+    if source_state is None and needs_source(p.transfer_depth):
         source_state = source_state_for(experiment)
     runner = TrialRunner(p, experiment, seed=seed, task=task, source_state=source_state, device=device)
     for _ in range(epochs or experiment.training.epochs):

@@ -66,6 +66,10 @@ def decode_image(path: str, channels: int, size: tuple[int, int]) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+#: Smallest median side an ImageFolder may have without `image_size` (1x1 images pass no backbone).
+MIN_SIDE = 4
+
+
 def _common_size(sizes: np.ndarray, hint: int | tuple[int, int] | None) -> tuple[int, int]:
     if hint is not None:
         height, width = (hint, hint) if isinstance(hint, int) else hint
@@ -73,7 +77,13 @@ def _common_size(sizes: np.ndarray, hint: int | tuple[int, int] | None) -> tuple
             raise DataError(f"image_size must be positive, got {hint!r}")
         return int(height), int(width)
     median = np.median(sizes, axis=0)
-    return int(round(median[0])), int(round(median[1]))
+    height, width = int(round(median[0])), int(round(median[1]))
+    if min(height, width) < MIN_SIDE:
+        raise DataError(
+            f"images are {height}x{width} pixels (median): too small for any backbone's stages; give at least "
+            f"{MIN_SIDE}x{MIN_SIDE} images or set training.image_size (e.g. 32) to resize them"
+        )
+    return height, width
 
 
 def _shape(report: ScanReport, hint: int | tuple[int, int] | None) -> tuple[int, tuple[int, int]]:

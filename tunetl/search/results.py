@@ -1,13 +1,15 @@
 """A search's trials read back from Ray's storage, with no MLflow at all.
 
-Ray keeps every result a trial reported (`result.json` in the trial's folder, one JSON line per epoch)
-and each trial's status (`experiment_state-*.json`, read through `tune.ExperimentAnalysis`) in the
-search folder `<storage>/<name>_<timestamp>/`, beside tunetl's own `tunetl_search.json` (experiment,
-parent run, tracking URI, configuration). The first result of each trial attempt also carries the
-params and tags of its MLflow run (`RECORD_KEY`). Together that is a complete record of a search that
-no tracking server can lose: `tunetl export --from-storage` reads it, and `tunetl sync` writes into
-MLflow whatever an outage kept from it. Storage in an object store (`s3://...`) is read by copying
-these small files (never the checkpoints) to a temporary folder first.
+Ray keeps every result a trial reported (`result.json` in the trial's folder, one JSON line per epoch,
+and its config in `params.json`) in the search folder `<storage>/<name>_<timestamp>/`, beside tunetl's
+own `tunetl_search.json` (experiment, parent run, tracking URI, configuration) and `tunetl_trials.json`
+(how each trial ended, `tunetl.search.ledger`). Only these JSON files are read: Ray's own experiment
+state and `*.pkl` files are pickles, and a storage folder someone else wrote must not run code here.
+The first result of each trial attempt also carries the params and tags of its MLflow run (`RECORD_KEY`).
+Together that is a complete record of a search that no tracking server can lose: `tunetl export
+--from-storage` reads it, and `tunetl sync` writes into MLflow whatever an outage kept from it. Storage in
+an object store (`s3://...`) is read by copying these small files (never the checkpoints) to a temporary
+folder first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 #: tunetl's own file in each search folder: experiment, parent run, tracking URI, config, finished.
 STATE_FILE = "tunetl_search.json"
+#: tunetl's record of how each trial ended, written by the driver (`tunetl.search.ledger.TrialLedger`).
+LEDGER_FILE = "tunetl_trials.json"
 #: Key of the first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
 RECORD_KEY = "tunetl_record"
 #: `lr_factor`: the learning-rate schedule's factor that epoch (1 without a schedule).
@@ -101,8 +105,8 @@ def search_names(store: Storage, run: str | None = None) -> list[str]:
 
 
 #: The files of a search folder this module reads: small ones, never checkpoints.
-_TOP_FILES = re.compile(rf"^({re.escape(STATE_FILE)}|experiment_state.*\.json|.*-state-.*\.json|tuner\.pkl)$")
-_TRIAL_FILES = frozenset({"result.json", "params.json", "params.pkl", "error.txt", "error.pkl"})
+_TOP_FILES = re.compile(rf"^({re.escape(STATE_FILE)}|{re.escape(LEDGER_FILE)})$")
+_TRIAL_FILES = frozenset({"result.json", "params.json", "error.txt"})
 
 
 def _fetch(store: Storage, name: str, local: Path) -> None:
@@ -120,6 +124,15 @@ def _fetch(store: Storage, name: str, local: Path) -> None:
                 (local / rel).write_bytes(bytes(f.read()))
 
 
+def read_ledger(folder: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> {"status": FINISHED | FAILED, "error": text or None}; {} when there is no ledger."""
+    try:
+        body = json.loads((folder / LEDGER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in body.items() if isinstance(v, dict)} if isinstance(body, dict) else {}
+
+
 def read_result_lines(path: Path) -> list[dict[str, Any]]:
     """The results Ray wrote, one JSON object per line; a line cut off by a killed process is skipped."""
     if not path.is_file():
@@ -133,34 +146,31 @@ def read_result_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _trial_statuses(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None]]:
-    """trial id -> (Tune status, config, trial folder, error file name) from Tune's experiment state."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        analysis = ExperimentAnalysis(str(path))
-    except (ValueError, FileNotFoundError, OSError, RuntimeError):
-        return {}
-    out = {}
-    for trial in analysis.trials:
-        folder = Path(trial.storage.trial_fs_path)
-        if not folder.is_dir():  # the search folder moved since: the trial folder name is the same
-            folder = path / folder.name
-        out[trial.trial_id] = (str(trial.status), dict(trial.config), folder, trial.run_metadata.error_filename)
-    return out
-
-
-def _scanned_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None]]:
-    """Trials found by their folders when Tune never wrote its state (a driver killed at the start)."""
+def _stored_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None, str | None]]:
+    """trial id -> (Tune-like status, config, trial folder, error file name, error text), found by the
+    trial folders; the status from tunetl's ledger, else error.txt (ERROR), a last result marked done
+    (TERMINATED), or RUNNING (unfinished)."""
+    ledger = read_ledger(path)
     out = {}
     for params_file in sorted(path.glob("*/params.json")):
         folder = params_file.parent
         lines = read_result_lines(folder / "result.json")
         trial_id = lines[-1].get("trial_id") if lines else None
         match = _TRIAL_ID.search(folder.name)
-        trial_id = trial_id or (match.group(1) if match else folder.name)
+        trial_id = str(trial_id or (match.group(1) if match else folder.name))
         error = "error.txt" if (folder / "error.txt").is_file() else None
-        out[str(trial_id)] = ("ERROR" if error else "RUNNING", json.loads(params_file.read_text()), folder, error)
+        ended = ledger.get(trial_id, {})
+        if ended.get("status") in ("FINISHED", "FAILED"):
+            status = "TERMINATED" if ended["status"] == "FINISHED" else "ERROR"
+        elif error:
+            status = "ERROR"
+        else:
+            status = "TERMINATED" if lines and lines[-1].get("done") else "RUNNING"
+        try:
+            config = json.loads(params_file.read_text())
+        except ValueError:
+            config = {}
+        out[trial_id] = (status, config if isinstance(config, dict) else {}, folder, error, ended.get("error"))
     return out
 
 
@@ -190,7 +200,8 @@ def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _trial(
-    trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None, state: dict[str, Any]
+    trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None,
+    error_text: str | None, state: dict[str, Any],
 ) -> StoredTrial | None:
     lines = read_result_lines(folder / "result.json")
     record = next((json.loads(line[RECORD_KEY]) for line in lines if line.get(RECORD_KEY)), None)
@@ -210,7 +221,7 @@ def _trial(
     if mapped == "FAILED":
         file = folder / error_file if error_file else None
         text = file.read_text(errors="replace") if file is not None and file.is_file() else ""
-        error = text[-_MAX_ERROR_CHARS:] or "unknown error"
+        error = (text or error_text or "the trial failed without an error message")[-_MAX_ERROR_CHARS:]
     return StoredTrial(
         trial_id=trial_id,
         status=mapped,
@@ -233,7 +244,7 @@ def read_search(path: Path, shown: str | None = None) -> StoredSearch:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError) as err:
         raise StorageError(f"{shown or state_path}: cannot read tunetl's search state ({err})") from None
-    found = _trial_statuses(path) or _scanned_trials(path)
+    found = _stored_trials(path)
     trials = [t for tid, info in sorted(found.items()) if (t := _trial(tid, *info, state)) is not None]
     return StoredSearch(
         path=shown or str(path),

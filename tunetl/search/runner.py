@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -19,8 +20,9 @@ from typing import Any
 
 from ray import tune
 
-from tunetl.config import ExperimentConfig
+from tunetl.config import ExperimentConfig, check_name
 from tunetl.data import TaskData
+from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
@@ -58,6 +60,37 @@ def open_storage(text: str | Path | None) -> Storage:
         return Storage(text if text else default_storage())
     except StorageError as err:
         raise SearchError(str(err)) from None
+
+
+def check_local_storage(storage: Storage) -> None:
+    """The storage must be a folder this machine can write, before Ray starts (nodes are checked later)."""
+    if storage.is_local and storage.local_path.exists() and not storage.local_path.is_dir():
+        raise SearchError(f"--storage {storage.display()}: is a file, not a folder; give a folder (created if "
+                          "missing), e.g. --storage ./tunetl_runs")
+    why = storage.probe()
+    if why is not None:
+        raise SearchError(f"--storage {storage.display()}: cannot write there ({why}); give a folder you can "
+                          "write, e.g. --storage ./tunetl_runs")
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A `HOST:PORT` Ray address must answer within seconds: Ray alone waits minutes without a word."""
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected HOST:PORT (the head node's GCS port, e.g. 10.0.0.1:6379) "
+                          "or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    raise SearchError(f"--address {address}: no Ray cluster answers there ({why}); start one with "
+                      f"`ray start --head --port {port}` or leave out --address to run locally")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -212,7 +245,9 @@ class MlflowFinalizer(tune.Callback):
         run_id = self._run_id(trial)
         if run_id:
             best = (trial.last_result or {}).get("best_val_acc")
-            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False)
+            # The trial's own traceback tag wins (finish keeps a known error); a killed worker has none.
+            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False,
+                                 error=trial_error_text(trial))
 
 
 def _reporter() -> Any:
@@ -281,7 +316,9 @@ def build_tuner(
         searcher = None
         param_space = grid_param_space(space, seeds, len(bundles))
         num_samples = experiment.searcher.num_samples
-    callbacks = [MlflowFinalizer(recorder, epochs)] if recorder is not None else []
+    callbacks: list[Any] = [TrialLedger(storage, run_name)]
+    if recorder is not None:
+        callbacks.append(MlflowFinalizer(recorder, epochs))
     # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
@@ -351,16 +388,34 @@ class DriverLock:
             self._fd = None
 
 
+_STAMP = re.compile(r"_\d{8}-\d{6}$")
+
+
+def new_run_name(experiment_name: str) -> str:
+    """The one place an experiment name becomes a path: the search folder `<name>_<YYYYmmdd-HHMMSS>`.
+
+    The name was checked as one safe folder name (`tunetl.config.check_name`) when the experiment loaded.
+    """
+    check_name(experiment_name)
+    return f"{experiment_name}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _searches_of(storage: Storage, experiment_name: str) -> list[str]:
+    """This experiment's search folders, oldest first: `name_<stamp>` exactly (not `name_other_<stamp>`)."""
+    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
+    return [r for r, _ in runs if _STAMP.search(r) and _STAMP.sub("", r) == experiment_name]
+
+
 def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
     """The newest search of this experiment in `storage`, finished or not (its folder name)."""
-    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
-    return runs[-1][0] if runs else None
+    runs = _searches_of(storage, experiment_name)
+    return runs[-1] if runs else None
 
 
 def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | None, str | None]:
     """(newest unfinished search of this experiment no driver holds, newest one that a driver holds)."""
     busy = None
-    for run, _ in reversed(storage.subfolders_with(f"{experiment_name}_", STATE_FILE)):
+    for run in reversed(_searches_of(storage, experiment_name)):
         try:
             if read_state(storage, run).get("finished"):
                 continue
@@ -374,13 +429,19 @@ def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | No
     return None, busy
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _forward_to_tune(received: list[int]) -> Any:
-    """A SIGTERM handler that stops the search the way Ctrl-C does: Tune saves its state and returns."""
+    """A Ctrl-C / SIGTERM handler that records the signal and asks Tune to stop (Tune's SIGUSR1 handler:
+    it saves its state and returns); a second signal stops at once."""
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
         tune_handler = signal.getsignal(signal.SIGUSR1)
-        if callable(tune_handler):
+        if len(received) == 1 and callable(tune_handler):
+            print(f"\n[tunetl] {signal.Signals(signum).name}: saving the search's state; send it again to stop "
+                  "at once", flush=True)
             tune_handler(signum, frame)
         else:
             raise KeyboardInterrupt
@@ -389,21 +450,33 @@ def _forward_to_tune(received: list[int]) -> Any:
 
 
 def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
-    """Run the Tuner; SIGTERM (e.g. a scheduler preempting the driver) stops it gracefully, like Ctrl-C."""
+    """Run the Tuner; Ctrl-C and SIGTERM (e.g. a scheduler preempting the driver) stop it gracefully.
+
+    tunetl catches both itself (Tune's own SIGINT handler is switched off): Tune marks every trial
+    TERMINATED while it cleans up, so only the recorded signal, and the trials the ledger saw unfinished
+    at the last step, tell an interrupted search from a finished one.
+    """
     received: list[int] = []
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _forward_to_tune(received)) if main else None
+    previous: dict[int, Any] = {}
+    if main:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        previous = {s: signal.signal(s, _forward_to_tune(received)) for s in _STOP_SIGNALS}
+    LIVE["unfinished"] = 0
     try:
         results = tuner.fit()
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    incomplete = len(results) - results.num_terminated - results.num_errors
+    if received:
+        incomplete = max(incomplete, LIVE["unfinished"])
     return SearchOutcome(
         path=path,
         num_trials=len(results),
         num_errors=results.num_errors,
         seconds=time.perf_counter() - started,
-        num_incomplete=len(results) - results.num_terminated - results.num_errors,
+        num_incomplete=incomplete,
         signal=received[0] if received else None,
     )
 

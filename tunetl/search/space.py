@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams
+from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams, needs_source
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 FLOAT_PARAMS = (*LR_PARAMS, "weight_decay", "label_smoothing", "mixup", "cutmix", "layer_decay", "grad_clip")
@@ -217,6 +217,22 @@ def values_of(space: SearchSpace, key: str) -> list[Any]:
     return vals
 
 
+def transfer_depths(space: SearchSpace) -> list[int | None]:
+    """Every transfer_depth a trial of the space can run with, the default (None: all stages) included
+    when some trial leaves it unset (no value in the space, or a condition without one)."""
+    depths: list[int | None] = list(values_of(space, "transfer_depth"))
+    if "transfer_depth" not in space.fixed and "transfer_depth" not in space.dims:
+        conds = space.conditions or []
+        if not conds or any("transfer_depth" not in c for c in conds):
+            depths.append(None)
+    return depths
+
+
+def space_needs_source(space: SearchSpace) -> bool:
+    """Whether any trial of the space transfers stages (`tunetl.params.needs_source` on resolved depths)."""
+    return any(needs_source(d) for d in transfer_depths(space))
+
+
 def check_space(
     space: SearchSpace,
     *,
@@ -244,14 +260,12 @@ def check_space(
                     f"{o}.images_per_label: {v} > the {min_class_count} training images of the smallest "
                     f"class ({min_class_name}); use at most {min_class_count} or 'all'"
                 )
-    if not has_source:
-        depths = values_of(space, "transfer_depth")
-        if not depths or any(d is None or d > 0 for d in depths):
-            raise SpaceError(
-                f"{o}.transfer_depth: the experiment has no source weights, so only transfer_depth: 0 "
-                "(training from scratch) is possible; set source.train_on, source.weights or "
-                "source.weights_file"
-            )
+    if not has_source and space_needs_source(space):
+        raise SpaceError(
+            f"{o}.transfer_depth: the experiment has no source weights, so only transfer_depth: 0 "
+            "(training from scratch) is possible; a trial without transfer_depth transfers every stage "
+            "(FTall); set source.train_on, source.weights or source.weights_file"
+        )
     if "transfer_depth" in space.dims and not space.dims["transfer_depth"].is_grid:
         raise SpaceError(
             f"{o}.transfer_depth: sample transfer_depth with grid or conditions, not "

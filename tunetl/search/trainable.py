@@ -27,7 +27,7 @@ from tunetl.search.faults import maybe_fail
 from tunetl.search.results import RECORD_KEY
 from tunetl.search.space import SearchSpace
 from tunetl.search.tune_space import trial_params, trial_seed
-from tunetl.trial import EpochMetrics, TrialRunner, pick_device
+from tunetl.trial import EpochMetrics, TrialRunner, has_diverged, pick_device
 
 CHECKPOINT_FILE = "trial.pt"
 TASK = "_task"
@@ -97,16 +97,22 @@ def run_trial(
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id() or "local"
     torch.set_num_threads(max(1, int(experiment.resources.cpu)))
-    params = TrialParams.model_validate(trial_params(space, config))
     seed = trial_seed(config, experiment.seeds)
-    runner = TrialRunner(
-        params,
-        experiment,
-        seed=seed,
-        task=task,
-        source_state=source_state,
-        device=pick_device(experiment.resources.gpu),
-    )
+    try:
+        params = TrialParams.model_validate(trial_params(space, config))
+        runner = TrialRunner(
+            params,
+            experiment,
+            seed=seed,
+            task=task,
+            source_state=source_state,
+            device=pick_device(experiment.resources.gpu),
+        )
+    except Exception:
+        # Failed before its first report: without this the trial would have no MLflow run at all.
+        if recorder is not None and recorder.find_run(trial_id) is None:
+            _record_early_failure(recorder, space, config, experiment, seed, source, trial_id)
+        raise
     run_id: str | None = None
     logged = 0
     checkpoint = tune.get_checkpoint()
@@ -136,7 +142,7 @@ def run_trial(
     try:
         while runner.epoch < epochs:
             m = runner.run_epoch()
-            diverged = not math.isfinite(m.train_loss)
+            diverged = has_diverged(m.train_loss)
             # An epoch redone after a restart is the same computation (resume is bit for bit): log it once.
             if recorder is not None and run_id is not None and m.epoch > logged:
                 recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
@@ -158,6 +164,23 @@ def run_trial(
         if recorder is not None and run_id is not None:
             recorder.set_tags(run_id, {"tunetl.error": traceback.format_exc()[-5000:]})
         raise
+
+
+def _record_early_failure(
+    recorder: TrialRecorder, space: SearchSpace, config: dict[str, Any], experiment: ExperimentConfig,
+    seed: int, source: str, trial_id: str,
+) -> None:
+    """A FAILED MLflow run, with the trial's parameters and traceback, for a trial that never started."""
+    error = traceback.format_exc()[-5000:]
+    try:
+        raw = {k: v for k, v in trial_params(space, config).items() if k in SEARCH_PARAMS}
+    except Exception:  # noqa: BLE001 - the parameters themselves may be what failed
+        raw = {}
+    params = {**raw, "backbone": experiment.backbone, "seed": seed, "source": source,
+              "epochs": experiment.training.epochs}
+    run_id = recorder.start(params, tags={**_node_tags(trial_id), "tunetl.error": error})
+    if run_id is not None:
+        recorder.finish(run_id, status="FAILED", best_val_acc=None, error=error)
 
 
 def trial_label(runner: TrialRunner) -> str:

@@ -317,7 +317,8 @@ class TrialLogger:
         run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         run_tags[STOPPED_EARLY_TAG] = "true" if stopped_early else "false"
         if status == "FAILED":
-            known = error or pending.tags.get(ERROR_TAG) or self._known_error(run_id)
+            # The trial's own traceback (its tag) wins; `error` is what the driver knows (a killed worker).
+            known = pending.tags.get(ERROR_TAG) or self._known_error(run_id) or error
             run_tags[ERROR_TAG] = (known or "unknown error")[:MAX_ERROR_CHARS]
         if best_val_acc is not None and math.isfinite(best_val_acc):
             pending.metrics.append(Metric("best_val_acc", float(best_val_acc), int(time.time() * 1000), 0))

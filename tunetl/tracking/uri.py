@@ -36,8 +36,10 @@ def _replace_userinfo(uri: str, by: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """The URI without any `user:password@` part, safe to print."""
-    return _replace_userinfo(uri, "***@")
+    """The URI without any `user:password@` part, safe to print (`tunetl.redaction`, the CLI's one rule)."""
+    from tunetl.redaction import redact_text
+
+    return redact_text(uri)
 
 
 def adopt_credentials(uri: str) -> str:
@@ -70,18 +72,13 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
     return _absolute_sqlite(uri)
 
 
-def _secrets() -> list[str]:
-    """Credential values that must never reach a message."""
-    names = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME")
-    return [v for v in (os.environ.get(n) for n in names) if v]
-
-
 def _scrub(text: str, uri: str) -> str:
+    from tunetl.redaction import redact_text
+
     parts = urlsplit(uri)
-    for secret in [parts.password, parts.username, *_secrets()]:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    if parts.password:
+        text = text.replace(parts.password, "***")
+    return redact_text(text)
 
 
 def _auth_header(uri: str) -> dict[str, str]:
@@ -163,8 +160,26 @@ def _check_sqlite(uri: str) -> None:
         )
 
 
+#: Tracking-store schemes MLflow understands (database schemes may carry a driver: postgresql+psycopg2).
+KNOWN_SCHEMES = ("http", "https", "sqlite", "file", "databricks", "databricks-uc", "uc", "postgresql", "mysql",
+                 "mssql")
+
+
+def check_scheme(uri: str) -> None:
+    """A URI MLflow cannot use at all is an input error (exit 2), not a store that is down."""
+    from tunetl.config import ConfigError
+
+    scheme = urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if "://" in uri and scheme not in KNOWN_SCHEMES:
+        raise ConfigError(
+            f"--tracking-uri {redact(uri)}: unknown scheme {scheme!r}; use http(s)://HOST:PORT, sqlite:///FILE.db "
+            "or another MLflow store (postgresql://, mysql://, file:///)"
+        )
+
+
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with the next step, when the tracking store cannot take records."""
+    check_scheme(uri)
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
         _check_http(uri, timeout_s)

@@ -1,0 +1,73 @@
+"""tunetl's own record of how each trial of a search ended (`tunetl_trials.json`), written on the driver.
+
+Ray keeps trial statuses in its experiment state, whose trials are cloudpickled: reading it runs code from
+whoever wrote the storage folder. `tunetl export --from-storage` and `tunetl sync` present themselves as
+read tools for shared folders, so they read this JSON file, `result.json` and `params.json` instead, and
+never unpickle anything. The callback also counts the trials still unfinished at each step of the
+driver's loop, because Tune marks every trial TERMINATED when it cleans up after Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tunetl.search.results import LEDGER_FILE
+from tunetl.search.storage import Storage
+
+_MAX_ERROR_CHARS = 5000
+_ENDED = ("TERMINATED", "ERROR")
+#: Trials not yet ended at the driver's last step (read by `runner.fit` after Tune returns).
+LIVE: dict[str, int] = {"unfinished": 0}
+
+
+def trial_error_text(trial: Any) -> str:
+    """The error Tune recorded for a failed trial (its error.txt), else what Tune holds in memory."""
+    candidates = [getattr(trial, "error_file", None)]  # the driver's copy, written before callbacks run
+    if getattr(trial, "path", None):
+        candidates.append(str(Path(trial.path) / "error.txt"))
+    for candidate in candidates:
+        file = Path(candidate) if candidate else None
+        if file is not None and file.is_file():
+            text = file.read_text(errors="replace").strip()
+            if text:
+                return text[-_MAX_ERROR_CHARS:]
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 - the text is a courtesy; a missing one must not break the driver
+        error = None
+    if error is not None and str(error).strip():
+        return str(error)[-_MAX_ERROR_CHARS:]
+    return "the trial's worker process died (killed, or out of memory) before it could report an error"
+
+
+class TrialLedger(tune.Callback):
+    """Writes each trial's end into the search folder; holds only picklable state (Tune keeps callbacks)."""
+
+    def __init__(self, storage: Storage, run: str) -> None:
+        self.storage, self.run = storage, run
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        LIVE["unfinished"] = sum(1 for t in trials if str(t.status) not in _ENDED)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial.trial_id, {"status": "FINISHED", "error": None})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial.trial_id, {"status": "FAILED", "error": trial_error_text(trial)})
+
+    def _record(self, trial_id: str, entry: dict[str, Any]) -> None:
+        try:
+            body = json.loads(self.storage.read_text(self.run, LEDGER_FILE)) if self.storage.exists(
+                self.run, LEDGER_FILE) else {}
+        except (OSError, ValueError):
+            body = {}
+        body[str(trial_id)] = entry
+        try:
+            self.storage.write_text(json.dumps(body, indent=1), self.run, LEDGER_FILE)
+        except OSError as err:
+            print(f"[tunetl] warning: cannot write {LEDGER_FILE} ({err}); `tunetl sync` will see this "
+                  "trial as unfinished", flush=True)
