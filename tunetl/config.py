@@ -251,7 +251,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for holder in holders:
         src = holder.get("source") if isinstance(holder.get("source"), dict) else {}
         for spec in (holder.get("dataset"), src.get("train_on")):
-            if isinstance(spec, dict) and isinstance(spec.get("path"), str):
-                spec["path"] = str((base / spec["path"]).resolve())
+            for key in ("path", "test_path"):
+                if isinstance(spec, dict) and isinstance(spec.get(key), str):
+                    spec[key] = str((base / spec[key]).resolve())
         if isinstance(src.get("weights_file"), str):
             src["weights_file"] = str((base / src["weights_file"]).resolve())

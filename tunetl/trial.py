@@ -177,6 +177,9 @@ class TrialRunner:
         self.aug_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.epoch = 0
         self.best_val_acc = float("-inf")
+        #: The model's weights (on the CPU) after its best epoch by val_acc: what a search delivers.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = 0
         self.history: list[EpochMetrics] = []
 
         self.feature_cache: FeatureCacheMode = (feature_cache or training.feature_cache) if cache_prefix else "off"
@@ -336,8 +339,10 @@ class TrialRunner:
             val_acc=val.acc,
             seconds=time.perf_counter() - t0,
         )
-        if val.acc == val.acc:  # NaN never becomes the best
-            self.best_val_acc = max(self.best_val_acc, val.acc)
+        if val.acc == val.acc and val.acc > self.best_val_acc:  # NaN never becomes the best
+            self.best_val_acc = val.acc
+            self.best_epoch = self.epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.history.append(metrics)
         return metrics
 
@@ -350,6 +355,8 @@ class TrialRunner:
             "generator": self.generator.get_state(),
             "aug_generator": self.aug_generator.get_state(),
             "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_model": self.best_state,
             "history": [m.as_dict() for m in self.history],
         }
 
@@ -360,6 +367,8 @@ class TrialRunner:
         self.aug_generator.set_state(state["aug_generator"])
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_state = state.get("best_model")
         self.history = [EpochMetrics(**m) for m in state["history"]]
 
 
