@@ -104,6 +104,16 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(default=0, ge=0)
 
 
+class OutputConfig(_Strict):
+    """What a search delivers besides its records: the winner's model (always logged on the parent run)."""
+
+    #: Retrain the winning configuration on train+val (its seed, its best epoch count) before logging it.
+    refit: bool = False
+    #: Register the winner under this name (alias `champion` when it beats the current one); same as
+    #: `tunetl run --register-model NAME`.
+    register_model: str | None = Field(default=None, min_length=1)
+
+
 class TaskSpec(_Strict):
     """One transfer task of a multi-task experiment: a target dataset and where its weights come from."""
 
@@ -125,6 +135,7 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_failures: int = Field(default=0, ge=0)
+    output: OutputConfig = OutputConfig()
     #: Where the search space came from (a file path or "inline"); informational.
     search_space_file: str | None = None
     #: Where the experiment came from; relative paths in it are resolved against its folder.
@@ -147,8 +158,10 @@ class ExperimentConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the search's results (for resume checks and caching)."""
-        # feature_cache changes speed, not results: a search may resume with another setting.
-        body = self.model_dump(exclude={"source_file": True, "search_space_file": True, "training": {"feature_cache"}})
+        # feature_cache changes speed, not results, and output acts after the trials: a search may resume
+        # with other settings of either.
+        body = self.model_dump(exclude={"source_file": True, "search_space_file": True, "output": True,
+                                        "training": {"feature_cache"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -43,8 +43,9 @@ class SearchOutcome:
     num_incomplete: int = 0
     #: The signal that stopped the search, if one did.
     signal: int | None = None
-    #: Each trial's latest checkpoint (it carries the best epoch's weights) by its MLflow run id.
-    checkpoints: dict[str, Any] = field(default_factory=dict)
+    #: Per MLflow run id: the trial's latest checkpoint (it carries the best epoch's weights; None if it
+    #: saved none) and its Tune config.
+    checkpoints: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def interrupted(self) -> bool:
@@ -436,12 +437,12 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
     )
 
 
-def _checkpoints(results: Any) -> dict[str, Any]:
+def _checkpoints(results: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     out = {}
     for result in results:
         run_id = (result.metrics or {}).get("mlflow_run_id")
-        if run_id and result.checkpoint is not None:
-            out[str(run_id)] = result.checkpoint
+        if run_id:
+            out[str(run_id)] = (result.checkpoint, dict(result.config or {}))
     return out
 
 
