@@ -224,15 +224,15 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 def best_configs(
     frame: pd.DataFrame,
-    metric: str = "best_val_acc",
+    metric: str = "val_acc",
     top: int = 5,
     group_by: list[str] | None = None,
     config_cols: list[str] | None = None,
 ) -> pd.DataFrame:
     """Configurations ranked by mean `metric` over seeds (finished runs only), top K overall or per group.
 
-    A trial's score is `best_val_acc`, its best epoch's validation accuracy (the weights a search
-    delivers); `val_acc` is the last epoch's. `test_acc_mean` is the mean test accuracy of the
+    A trial's score, what `tunetl.api` ranks by, is `best_val_acc`: its best epoch's validation accuracy
+    (the weights a search delivers); `val_acc` is the last epoch's. `test_acc_mean` is the mean test accuracy of the
     configuration's trials where a search measured it (the configurations it selected), else empty."""
     import pandas as pd
 
