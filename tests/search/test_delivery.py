@@ -124,7 +124,9 @@ def test_export_agrees_with_pytorch(winner, tmp_path: Path, mlflow_server: str) 
 def test_served_model_answers_a_post(winner, images: Path, mlflow_server: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=mlflow_server, PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    # The scoring server runs `uvicorn` from PATH: this environment's, as with an activated venv.
+    env.update(MLFLOW_TRACKING_URI=mlflow_server, PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     log = tmp_path / "serve.log"
