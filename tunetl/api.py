@@ -293,7 +293,6 @@ def _finish(
 ) -> RunSummary:
     """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
     from tunetl.search import runner as rn
-
     from tunetl.tracking import load_trials
 
     failed = outcome.num_errors

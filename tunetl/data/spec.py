@@ -90,7 +90,8 @@ class DatasetSpec(BaseModel):
         if self.test_path is not None and self.path is None:
             raise ValueError("test_path is for folder datasets (`path:`); built-ins use test_fraction")
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got {self.val_fraction + self.test_fraction:g}")
+            total = self.val_fraction + self.test_fraction
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got {total:g}")
         return self
 
     @classmethod

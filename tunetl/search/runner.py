@@ -24,9 +24,16 @@ from tunetl.data import TaskData
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
-from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
-from tunetl.search.trainable import CHECKPOINT_FILE, label_of
-from tunetl.search.tune_space import SEED, TRIAL_INDEX, GroupKey, OptunaSpace, grid_param_space, trial_params, trial_seed
+from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
+from tunetl.search.tune_space import (
+    SEED,
+    TRIAL_INDEX,
+    GroupKey,
+    OptunaSpace,
+    grid_param_space,
+    trial_params,
+    trial_seed,
+)
 
 
 class SearchError(RuntimeError):

@@ -259,7 +259,8 @@ def best_configs(
         return pd.DataFrame(columns=out_cols)
 
     # Test accuracy exists only for the configurations a search selected (never used to rank): empty elsewhere.
-    tests = done[TEST_METRIC].astype("float64") if TEST_METRIC in done.columns else pd.Series(math.nan, index=done.index)
+    tests = (done[TEST_METRIC].astype("float64") if TEST_METRIC in done.columns
+             else pd.Series(math.nan, index=done.index))
     groups: dict[tuple[Any, ...], list[float]] = {}
     group_tests: dict[tuple[Any, ...], list[float]] = {}
     for key, value, test in zip(
