@@ -141,3 +141,15 @@ def test_checkpoints_land_where_asha_decides() -> None:
     assert decision_epochs(three) == {2, 6, 18}
     assert decision_epochs(exp.model_copy(update={"scheduler": exp.scheduler.model_copy(
         update={"type": "none"})})) == set()
+
+
+def test_refit_trains_on_train_and_val() -> None:
+    from tunetl.winner import refit
+
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml", overrides=["training.base_lr=0.05"])
+    task = load_dataset(exp.dataset)
+    params = TrialParams(transfer_depth=0, frozen_depth=0, images_per_label="all")
+    clf = refit(exp, task, params, seed=0, epochs=3, source_state=None)
+    assert clf.spec.class_names == task.class_names
+    # trained on the validation images too: it fits them well after 3 epochs of all the data
+    assert accuracy(clf, task.val) > 0.5
