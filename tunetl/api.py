@@ -198,6 +198,8 @@ def run(
 
     An unfinished search of the same experiment and space under `storage` (its driver killed or
     stopped) is resumed unless `new`. Raises `SearchInterrupted` when Ctrl-C or SIGTERM stops it.
+    At the end the winner is evaluated on the test split and logged (`tunetl.delivery`);
+    `register_model` (or `output.register_model`) also registers it under the alias `champion`.
     """
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
