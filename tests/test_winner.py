@@ -55,7 +55,7 @@ def test_no_test_fraction_keeps_the_earlier_split() -> None:
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [({"test_fraction": 0.8}, r"val_fraction \+ test_fraction must be < 1"),
-     ({"test_path": "/x"}, "test_path is for folder datasets")],
+     ({"test_path": "/x", "test_fraction": 0}, "test_path is for folder datasets")],
 )
 def test_bad_test_settings_name_the_key(fields: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
