@@ -34,6 +34,8 @@ class RunSummary:
     #: This search's trials (the trials frame of its child runs).
     trials: pd.DataFrame
     best: pd.DataFrame
+    #: The end of the search: test accuracies, the logged (and registered) winner; None if interrupted.
+    delivery: Any = None
 
     @property
     def ok(self) -> bool:
@@ -168,7 +170,9 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     bundles = []
     for (exp, task), need in zip(p.tasks, needs, strict=True):
         state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
-        bundles.append(TaskBundle(exp, task, state, source_description(exp), task_features(exp, task, state)))
+        # Trials never receive the test split: it is stripped before the bundle goes to Ray.
+        bundles.append(TaskBundle(exp, task.without_test(), state, source_description(exp),
+                                  task_features(exp, task, state)))
     if any(needs):
         storage.push(cache / "sources", "cache/sources")
     return bundles
@@ -224,11 +228,14 @@ def run(
     resume: bool = False,
     new: bool = False,
     num_cpus: int | None = None,
+    register_model: str | None = None,
 ) -> RunSummary:
     """Run a search, or finish an unfinished one; every trial becomes an MLflow child run under one parent.
 
     An unfinished search of the same experiment and space under `storage` (its driver killed or
     stopped) is resumed unless `new`. Raises `SearchInterrupted` when Ctrl-C or SIGTERM stops it.
+    At the end the winner is evaluated on the test split and logged (`tunetl.delivery`);
+    `register_model` (or `output.register_model`) also registers it under the alias `champion`.
     """
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
@@ -237,6 +244,10 @@ def run(
     p = plan(experiment, overrides, name)
     exp = p.experiment
     _check_local_run(exp, address, num_cpus)
+    if register_model:
+        exp = p.experiment = exp.model_copy(update={"output": exp.output.model_copy(
+            update={"register_model": register_model})})
+    _check_model_name(exp.output.register_model)
     uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
     check_tracking(uri)
     store = rn.open_storage(storage)
@@ -286,35 +297,65 @@ def run(
             recorder.close_open_children("KILLED", "interrupted")
             recorder.end_parent("KILLED")
             raise
-        return _finish(exp, recorder, outcome, uri, parent, store, run_name)
+        return _finish(exp, recorder, outcome, uri, parent, store, run_name, p, bundles)
     finally:
         lock.release()
 
 
+def _check_model_name(name: str | None) -> None:
+    from tunetl.tracking.registry import _check_name
+
+    if name is None:
+        return
+    try:
+        _check_name(name)
+    except ValueError as err:
+        raise ConfigError(f"--register-model / output.register_model: {err}") from None
+
+
+def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, recorder: Any, uri: str, parent: str,
+             bundles: list[Any]) -> Any:
+    """Test accuracy of the selected configurations, the winner's model logged (and registered)."""
+    from tunetl.delivery import Delivery, deliver
+
+    out = p.experiment.output
+    try:
+        return deliver(p, frame, outcome.checkpoints, tracking_uri=uri, experiment_id=recorder.experiment_id,
+                       parent_run_id=parent, source_state=bundles[0].source_state if bundles else None,
+                       register=out.register_model, refit=out.refit)
+    except Exception as err:  # the search's records stand even if its model cannot be delivered
+        print(f"[tunetl] the winner's model was not delivered: {type(err).__name__}: {err}", file=sys.stderr)
+        return Delivery(frame, notes=[f"the winner's model was not delivered: {err}"])
+
+
 def _finish(
-    exp: ExperimentConfig, recorder: Any, outcome: Any, uri: str, parent: str, store: Any, run_name: str
+    exp: ExperimentConfig, recorder: Any, outcome: Any, uri: str, parent: str, store: Any, run_name: str,
+    p: Plan, bundles: list[Any],
 ) -> RunSummary:
     """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
     from tunetl.search import runner as rn
+    from tunetl.tracking import load_trials
 
     failed = outcome.num_errors
+    delivery = None
     if outcome.interrupted:
         recorder.close_open_children("KILLED", "interrupted")
         recorder.end_parent("KILLED")
+        frame = load_trials(exp.name, uri, parent_run_id=parent)
     else:
         orphans = recorder.close_open_children("KILLED", "no trial took this run over after a restart")
         if orphans:
             print(f"[tunetl] closed {orphans} run(s) of an earlier driver as KILLED", file=sys.stderr)
+        frame = load_trials(exp.name, uri, parent_run_id=parent)
+        delivery = _deliver(p, frame, outcome, recorder, uri, parent, bundles)
+        frame = delivery.frame
         recorder.end_parent(
             "FINISHED" if outcome.num_trials > failed else "FAILED",
-            summary={"num_trials": outcome.num_trials, "num_failed": failed},
+            summary={"num_trials": outcome.num_trials, "num_failed": failed, **delivery.parent_metrics},
         )
         rn.mark_state(store, run_name, finished=True)
-    from tunetl.tracking import load_trials
-
-    frame = load_trials(exp.name, uri, parent_run_id=parent)
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
-                         outcome.seconds, frame, best_table(frame))
+                         outcome.seconds, frame, best_table(frame), delivery)
     if outcome.interrupted:
         left = f"with {outcome.num_incomplete} trial(s) unfinished" if outcome.num_incomplete else "before it finished"
         raise SearchInterrupted(
@@ -395,19 +436,22 @@ def best(
     experiment: str | list[str],
     tracking_uri: str | None = None,
     *,
-    metric: str = "val_acc",
+    metric: str = "best_val_acc",
     top: int = 5,
     group_by: list[str] | None = None,
     parent_run_id: str | None = None,
 ) -> pd.DataFrame:
-    """Top configurations by mean `metric` over seeds (per group when `group_by` is given)."""
+    """Top configurations by mean `metric` over seeds (per group when `group_by` is given).
+
+    The default, `best_val_acc`, is a trial's score: its best epoch's validation accuracy, the epoch
+    whose weights the search delivers; `val_acc` ranks by the last epoch instead."""
     frame = trials(experiment, tracking_uri)
     if parent_run_id is not None:
         frame = frame[frame["parent_run_id"] == parent_run_id]
     return rank(frame, metric=metric, top=top, group_by=group_by)
 
 
-def rank(frame: pd.DataFrame, *, metric: str = "val_acc", top: int = 5,
+def rank(frame: pd.DataFrame, *, metric: str = "best_val_acc", top: int = 5,
          group_by: list[str] | None = None) -> pd.DataFrame:
     """`best` on a trials frame already in hand (no MLflow query)."""
     from tunetl.tracking import best_configs
@@ -602,3 +646,57 @@ def format_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
             shown[col] = shown[col].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
                                         else f"{100 * v:.1f}")
     return shown.to_string(index=False)
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """Files as given, folders walked (sorted) for image files; a missing path is a ConfigError."""
+    from tunetl.data.scan import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise ConfigError(f"{path}: no such file or folder")
+    return out
+
+
+def load_model(model: str, tracking_uri: str | None = None) -> Any:
+    """The `ImageClassifier` a search logged, by URI: `models:/NAME@champion`, `models:/NAME/3`,
+    `runs:/RUN/classifier`, `models:/m-...`, or a downloaded model folder."""
+    from tunetl.tracking import resolve_tracking_uri
+    from tunetl.tracking.image_model import load_classifier
+
+    return load_classifier(model, resolve_tracking_uri(tracking_uri))
+
+
+def classify(model: str, paths: list[str | Path], tracking_uri: str | None = None,
+             top_k: int = 1) -> list[dict[str, Any]]:
+    """Per image file (folders walked): its `top_k` (label, probability), most probable first."""
+    from tunetl.classifier import top_k as best_k
+    from tunetl.data.spec import DataError
+
+    files = image_files(paths)
+    if not files:
+        raise ConfigError(f"no image files in {', '.join(map(str, paths))}")
+    clf = load_model(model, tracking_uri)
+    try:
+        probs = clf.predict(files)
+    except (OSError, ValueError, DataError) as err:
+        raise ConfigError(f"cannot classify: {err}") from None
+    return [{"path": str(f), "predictions": [{"label": lbl, "probability": p} for lbl, p in row]}
+            for f, row in zip(files, best_k(probs, clf.spec.class_names, top_k), strict=True)]
+
+
+def export_model(model: str, fmt: str, out: str | Path, tracking_uri: str | None = None,
+                 check_images: int = 32) -> dict[str, Any]:
+    """Write the classifier as ONNX or TorchScript and compare it with PyTorch on `check_images` images;
+    returns {path, format, max_abs_diff, images}."""
+    from tunetl.export import export_classifier
+
+    if fmt not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format {fmt!r}: choose onnx or torchscript")
+    return export_classifier(load_model(model, tracking_uri), fmt, Path(out), check_images=check_images)

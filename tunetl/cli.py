@@ -44,12 +44,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="finish the latest search of this experiment (an unfinished one is resumed anyway)")
     p.add_argument("--new", action="store_true", help="start a new search even if an unfinished one exists")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register the winner's model under NAME (alias champion if it beats the current one)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("best", help="best configurations recorded in MLflow")
     p.add_argument("--experiment", required=True, action="append", help="MLflow experiment name (repeatable)")
     _add_uri(p)
-    p.add_argument("--metric", default="val_acc", help="metric to rank by: val_acc (final) or best_val_acc")
+    p.add_argument("--metric", default="best_val_acc",
+                   help="metric to rank by: best_val_acc (a trial's score: its best epoch, the default) or "
+                        "val_acc (its last epoch)")
     p.add_argument("--top", type=int, default=5, help="configurations to show (per group)")
     p.add_argument("--group-by", action="append", default=[], help="e.g. images_per_label (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -102,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("classify", help="classify image files with a model a search logged")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN/classifier "
+                   "or a model folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked for images)")
+    p.add_argument("--top-k", type=int, default=1, help="most probable labels to show per image")
+    p.add_argument("--json", action="store_true")
+    _add_uri(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("export-model", help="write a logged model as ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/VERSION, ... (as classify)")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True, help="output file (class names and input shape go to FILE.json)")
+    _add_uri(p)
+    p.set_defaults(func=cmd_export_model)
+
     p = sub.add_parser("backbones", help="list the backbones and their stages")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
@@ -122,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             new=args.new,
             num_cpus=args.num_cpus,
+            register_model=args.register_model,
         )
     except api.SearchInterrupted as stop:
         print(f"\ntunetl: {stop}", file=sys.stderr)
@@ -141,7 +162,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(pivot)
     print()
     print(_best_text(summary.best, api.varying_params(frame)))
+    delivery = summary.delivery
+    if delivery is not None and delivery.model_test_acc is not None:
+        print(f"\nThe winner's model: test accuracy {100 * delivery.model_test_acc:.1f}% on the held-out test split")
     print(f"\nNext: tunetl best --experiment {shlex.quote(summary.experiment)} --group-by images_per_label")
+    if delivery is not None and delivery.registered:
+        print(f"      tunetl classify --model models:/{delivery.registered}@champion IMAGE...")
     print(f"      mlflow ui --backend-store-uri {summary.tracking_uri}")  # credential-free (adopt_credentials)
     if not summary.ok:
         return EXIT_FAILED
@@ -249,6 +275,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          images_per_label=args.images_per_label, model=args.model,
                          tracking_uri=args.tracking_uri)
     print(json.dumps(result, indent=2) if args.json else format_recommendation(result))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    results = api.classify(args.model, args.paths, args.tracking_uri, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        shown = "  ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in r["predictions"])
+        print(f"{r['path']}\t{shown}")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    r = api.export_model(args.model, args.format, args.out, args.tracking_uri)
+    print(f"wrote {r['path']} ({r['format']}); max abs probability difference from PyTorch on {r['images']} "
+          f"images: {r['max_abs_diff']:.2g}")
     return 0
 
 

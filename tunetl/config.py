@@ -170,6 +170,16 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(default=0, ge=0)
 
 
+class OutputConfig(_Strict):
+    """What a search delivers besides its records: the winner's model (always logged on the parent run)."""
+
+    #: Retrain the winning configuration on train+val (its seed, its best epoch count) before logging it.
+    refit: bool = False
+    #: Register the winner under this name (alias `champion` when it beats the current one); same as
+    #: `tunetl run --register-model NAME`.
+    register_model: str | None = Field(default=None, min_length=1)
+
+
 class TaskSpec(_Strict):
     """One transfer task of a multi-task experiment: a target dataset and where its weights come from."""
 
@@ -191,6 +201,7 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_failures: int = Field(default=0, ge=0)
+    output: OutputConfig = OutputConfig()
     #: Where the search space came from (a file path or "inline"); informational.
     search_space_file: str | None = None
     #: Where the experiment came from; relative paths in it are resolved against its folder.
@@ -218,9 +229,11 @@ class ExperimentConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the search's results (for resume checks and caching)."""
-        # feature_cache changes speed, not results: a search may resume with another setting.
+        # feature_cache changes speed, not results, and output acts after the trials: a search may resume
+        # with other settings of either.
         body = self.model_dump(
-            exclude={"source_file": True, "search_space_file": True, "training": {"feature_cache", *_LATE_KEYS}}
+            exclude={"source_file": True, "search_space_file": True, "output": True,
+                     "training": {"feature_cache", *_LATE_KEYS}}
         )
         body["training"].update(self.training.recipe_changes())
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -326,7 +339,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for holder in holders:
         src = holder.get("source") if isinstance(holder.get("source"), dict) else {}
         for spec in (holder.get("dataset"), src.get("train_on")):
-            if isinstance(spec, dict) and isinstance(spec.get("path"), str):
-                spec["path"] = str((base / spec["path"]).resolve())
+            for key in ("path", "test_path"):
+                if isinstance(spec, dict) and isinstance(spec.get(key), str):
+                    spec[key] = str((base / spec[key]).resolve())
         if isinstance(src.get("weights_file"), str):
             src["weights_file"] = str((base / src["weights_file"]).resolve())

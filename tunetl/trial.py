@@ -203,6 +203,9 @@ class TrialRunner:
         )
         self.epoch = 0
         self.best_val_acc = float("-inf")
+        #: The model's weights (on the CPU) after its best epoch by val_acc: what a search delivers.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = 0
         self.history: list[EpochMetrics] = []
 
         self.feature_cache: FeatureCacheMode = (feature_cache or training.feature_cache) if cache_prefix else "off"
@@ -370,8 +373,10 @@ class TrialRunner:
             seconds=time.perf_counter() - t0,
             lr_factor=lr_factor,
         )
-        if val.acc == val.acc:  # NaN never becomes the best
-            self.best_val_acc = max(self.best_val_acc, val.acc)
+        if val.acc == val.acc and val.acc > self.best_val_acc:  # NaN never becomes the best
+            self.best_val_acc = val.acc
+            self.best_epoch = self.epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.history.append(metrics)
         return metrics
 
@@ -386,6 +391,8 @@ class TrialRunner:
             "recipe_generator": self.recipe_generator.get_state(),
             "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule is not None else None,
             "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_model": self.best_state,
             "history": [m.as_dict() for m in self.history],
         }
 
@@ -401,6 +408,8 @@ class TrialRunner:
             self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_state = state.get("best_model")
         self.history = [EpochMetrics(**m) for m in state["history"]]
 
 

@@ -81,6 +81,12 @@ def test_search_state_checkpoints_and_source_cache_go_to_the_object_store(
     frame = load_trials("quickstart", uri)
     assert len(frame) == 2 and (frame["status"] == "FINISHED").all()
     assert frame["parent_run_id"].nunique() == 1
+    # the winner's best-epoch weights were read back from the bucket and logged on the parent run
+    assert "logged the winner" in first.stderr
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(uri).get_run(frame["parent_run_id"].iloc[0])
+    assert "model_test_acc" in parent.data.metrics
 
     again = _tunetl(s3_env, tmp_path, *argv, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -105,7 +105,7 @@ def test_cli_run_with_set_and_then_best_json(tmp_path: Path, sqlite_uri: str, ca
     assert main(["best", "--experiment", "cli", "--tracking-uri", sqlite_uri, "--json", "--group-by",
                  "images_per_label"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert records[0]["images_per_label"] == 5 and 0 <= records[0]["val_acc_mean"] <= 1
+    assert records[0]["images_per_label"] == 5 and 0 <= records[0]["best_val_acc_mean"] <= 1
     out_file = tmp_path / "trials.parquet"
     assert main(["export", "--experiment", "cli", "--tracking-uri", sqlite_uri, "--out", str(out_file)]) == 0
     back = pd.read_parquet(out_file)

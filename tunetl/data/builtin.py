@@ -18,7 +18,7 @@ import torch
 
 from tunetl.data.imageset import TaskData, TensorImageSet
 from tunetl.data.spec import DataError, DatasetSpec
-from tunetl.data.subsets import remap_labels, resolve_classes, stratified_split
+from tunetl.data.subsets import remap_labels, resolve_classes, split_three_ways
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ def load_builtin(spec: DatasetSpec) -> TaskData:
     chosen = resolve_classes(spec.classes, raw.class_names, spec.builtin)
     keep, labels = remap_labels(raw.labels, chosen)
     class_names = [raw.class_names[c] for c in chosen]
-    train_idx, val_idx = stratified_split(labels, spec.val_fraction, spec.split_seed, chosen, class_names)
+    train_idx, val_idx, test_idx = split_three_ways(
+        labels, spec.val_fraction, spec.test_fraction, spec.split_seed, chosen, class_names
+    )
     images = raw.images[keep]
 
     def part(idx: np.ndarray) -> TensorImageSet:
@@ -130,4 +132,5 @@ def load_builtin(spec: DatasetSpec) -> TaskData:
         val=part(val_idx),
         in_channels=int(channels),
         image_size=(int(height), int(width)),
+        test=part(test_idx) if test_idx.size else None,
     )

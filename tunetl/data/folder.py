@@ -25,7 +25,7 @@ from tunetl.data.scan import (
     scan_folder,
 )
 from tunetl.data.spec import MEMORY_LIMIT_BYTES, DataError, DatasetSpec
-from tunetl.data.subsets import resolve_classes, stratified_split
+from tunetl.data.subsets import resolve_classes, split_three_ways
 
 #: Pillow modes treated as grayscale; a folder is 1-channel only when every image is one of these.
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -53,16 +53,21 @@ def decode_image(path: str, channels: int, size: tuple[int, int]) -> np.ndarray:
     try:
         with open_image(path) as img:
             img.load()
-            if channels == 1 or img.mode in GRAY_MODES:
-                img = _to_gray(img)
-            if channels == 3:
-                img = img.convert("RGB")
-            height, width = size
-            if (img.height, img.width) != (height, width):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            arr = np.array(img, dtype=np.uint8)
+            return image_to_array(img, channels, size)
     except Exception as exc:  # Pillow raises many types (SyntaxError, KeyError, ...) on malformed bytes
         raise _unreadable(path, exc) from exc
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A decoded image -> uint8 (channels, H, W) at `size`: the one conversion training and inference share."""
+    if channels == 1 or img.mode in GRAY_MODES:
+        img = _to_gray(img)
+    if channels == 3:
+        img = img.convert("RGB")
+    height, width = size
+    if (img.height, img.width) != (height, width):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    arr = np.array(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -158,13 +163,18 @@ def load_folder(
     label_arr = np.asarray(
         [label for label, name in enumerate(class_names) for _ in report.images[name]], dtype=np.int64
     )
-    train_idx, val_idx = stratified_split(label_arr, spec.val_fraction, spec.split_seed, chosen, class_names)
+    train_idx, val_idx, test_idx = split_three_ways(
+        label_arr, spec.val_fraction, spec.test_fraction, spec.split_seed, chosen, class_names
+    )
     train: ImageSet
     val: ImageSet
+    test: ImageSet | None = None
     if in_memory:
         images = torch.from_numpy(pixels)
         train = TensorImageSet(images[torch.from_numpy(train_idx)], label_arr[train_idx])
         val = TensorImageSet(images[torch.from_numpy(val_idx)], label_arr[val_idx])
+        if test_idx.size:
+            test = TensorImageSet(images[torch.from_numpy(test_idx)], label_arr[test_idx])
     else:
         decode = partial(decode_image, channels=channels, size=size)
 
@@ -174,6 +184,9 @@ def load_folder(
             )
 
         train, val = stream(train_idx), stream(val_idx)
+        test = stream(test_idx) if test_idx.size else None
+    if spec.test_path is not None:
+        test = _test_folder(spec, class_names, channels, size, memory_limit_bytes, num_workers)
     return TaskData(
         name=spec.display_name(),
         class_names=class_names,
@@ -182,4 +195,32 @@ def load_folder(
         in_channels=channels,
         image_size=size,
         skipped_files=report.skipped,
+        test=test,
     )
+
+
+def _test_folder(
+    spec: DatasetSpec, class_names: list[str], channels: int, size: tuple[int, int],
+    memory_limit_bytes: int, num_workers: int,
+) -> ImageSet:
+    """`test_path`: a folder with the training folder's class sub-folders, decoded to the same shape.
+    It is checked like the training folder; a missing class is an error (its accuracy would be unknown)."""
+    assert spec.test_path is not None
+    root = Path(spec.test_path).expanduser().resolve()
+    present = set(class_folders(root)) if root.is_dir() else set()
+    missing = [c for c in class_names if c not in present]
+    if missing:
+        raise DataError(f"test_path {root}: no class folder(s) {', '.join(missing)} (it needs the same classes "
+                        f"as {spec.path})")
+    report = scan_folder(root, class_names, decode=True)
+    report.enforce(spec.bad_files)
+    paths = [f.path for name in class_names for f in report.images[name]]
+    labels = np.asarray([label for label, name in enumerate(class_names) for _ in report.images[name]],
+                        dtype=np.int64)
+    if len(paths) * channels * size[0] * size[1] <= memory_limit_bytes:
+        pixels = np.empty((len(paths), channels, *size), dtype=np.uint8)
+        if _decode_into(pixels, paths, channels, size):
+            raise DataError(f"files under {root} changed while loading; load again")
+        return TensorImageSet(torch.from_numpy(pixels), labels)
+    decode = partial(decode_image, channels=channels, size=size)
+    return StreamingImageSet(paths, labels, decode, channels, size, num_workers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,12 @@ class TaskData:
     image_size: tuple[int, int]
     #: Files left out by `bad_files: skip` and symlinks leaving the folder, relative to the folder.
     skipped_files: tuple[str, ...] = ()
+    #: The held-out test split (`test_fraction` / `test_path`); None when there is none. Trials never
+    #: receive it: the driver strips it (`without_test`) before the data goes to Ray.
+    test: ImageSet | None = None
+
+    def without_test(self) -> TaskData:
+        return replace(self, test=None)
 
     @property
     def num_classes(self) -> int:

@@ -39,6 +39,10 @@ class DatasetSpec(BaseModel):
     path: str | None = None
     classes: list[int | str] | None = None
     val_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    #: Share of each class held out as the test split, carved before the validation split (0: none).
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: Folder datasets: a separate ImageFolder with the same classes used as the test split instead.
+    test_path: str | None = None
     split_seed: int = Field(default=0, ge=0)
     bad_files: Literal["fail", "skip"] = "fail"
 
@@ -77,6 +81,17 @@ class DatasetSpec(BaseModel):
                 f"dataset needs exactly one of `builtin` or `path` (got {got}); "
                 "e.g. `builtin: digits` or `path: /data/flowers`"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_test_split(self) -> DatasetSpec:
+        if self.test_path is not None and self.test_fraction > 0:
+            raise ValueError("give test_fraction (carve a test split) or test_path (a test folder), not both")
+        if self.test_path is not None and self.path is None:
+            raise ValueError("test_path is for folder datasets (`path:`); built-ins use test_fraction")
+        if self.val_fraction + self.test_fraction >= 1:
+            total = self.val_fraction + self.test_fraction
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got {total:g}")
         return self
 
     @classmethod

@@ -57,12 +57,16 @@ def stratified_split(
     seed: int,
     class_keys: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    *,
+    held_out: str = "validation",
+    stream: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fixed train/validation split: `round(val_fraction * n_c)` (>= 1) images of each class to val.
 
     Each class is shuffled by its own generator seeded with (seed, class_keys[c]), where the key is the
     class's index in the full dataset: a class's validation images do not change when other classes are
     added to or removed from the subset. Returns sorted (train, val) positions into `labels`.
+    `stream` gives another split a generator of its own (the test split), `held_out` names it in errors.
     """
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = len(class_names) if class_names is not None else int(labels.max(initial=-1)) + 1
@@ -73,15 +77,36 @@ def stratified_split(
         name = class_names[c] if class_names is not None else str(c)
         if members.size < 2:
             raise DataError(
-                f"class {name!r} has {members.size} image(s); a class needs at least 2 "
-                "(one for training, one for validation)"
+                f"class {name!r} has {members.size} image(s) left; a class needs at least 2 here "
+                f"(one for training, one for {held_out})"
             )
         n_val = min(max(1, round(val_fraction * members.size)), members.size - 1)
         key = class_keys[c] if class_keys is not None else c
-        perm = np.random.default_rng([seed, key]).permutation(members)
+        entropy = [seed, key] if stream is None else [seed, key, stream]
+        perm = np.random.default_rng(entropy).permutation(members)
         val.append(perm[:n_val])
         train.append(perm[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def split_three_ways(
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    class_keys: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) positions: the test split is carved first (its own generator, `test_fraction`
+    of each class), the validation split from what is left; with `test_fraction == 0` the test split is
+    empty and train/val are exactly `stratified_split`'s."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if test_fraction <= 0:
+        train, val = stratified_split(labels, val_fraction, seed, class_keys, class_names)
+        return train, val, np.zeros(0, dtype=np.int64)
+    rest, test = stratified_split(labels, test_fraction, seed, class_keys, class_names, held_out="test", stream=1)
+    train, val = stratified_split(labels[rest], val_fraction, seed, class_keys, class_names)
+    return rest[train], rest[val], test
 
 
 def images_per_label_indices(

@@ -14,7 +14,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,16 @@ from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
-from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
-from tunetl.search.tune_space import GroupKey, OptunaSpace, grid_param_space
+from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
+from tunetl.search.tune_space import (
+    SEED,
+    TRIAL_INDEX,
+    GroupKey,
+    OptunaSpace,
+    grid_param_space,
+    trial_params,
+    trial_seed,
+)
 
 
 class SearchError(RuntimeError):
@@ -44,6 +52,9 @@ class SearchOutcome:
     num_incomplete: int = 0
     #: The signal that stopped the search, if one did.
     signal: int | None = None
+    #: Per MLflow run id: the trial's latest checkpoint (it carries the best epoch's weights; None if it
+    #: saved none) and its Tune config.
+    checkpoints: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def interrupted(self) -> bool:
@@ -250,12 +261,31 @@ class MlflowFinalizer(tune.Callback):
                                  error=trial_error_text(trial))
 
 
-def _reporter() -> Any:
+class TrialNamer:
+    """Names each trial by its label (condition, images per label, backbone, seed) in Tune's progress table
+    instead of `run_trial_<id>` beside internal config columns (`_point`); picklable for Tune's state."""
+
+    def __init__(self, space: SearchSpace, experiment: ExperimentConfig) -> None:
+        self.space, self.backbone, self.seeds = space, experiment.backbone, list(experiment.seeds)
+
+    def __call__(self, trial: Any) -> str:
+        config = trial.config
+        try:
+            label = label_of(trial_params(self.space, config), trial_seed(config, self.seeds), self.backbone)
+        except (KeyError, IndexError, ValueError, TypeError):
+            label = "trial"
+        return f"{label} #{str(trial.trial_id)[-5:]}"
+
+
+def _reporter(experiment: ExperimentConfig) -> Any:
     from ray import tune
 
+    # An empty parameter_columns makes Tune show every config key (`_point`, ...): show the seed only,
+    # which the trial's name holds too.
+    shown = {SEED: "seed"} if experiment.searcher.type == "grid" else {TRIAL_INDEX: "repeat"}
     return tune.CLIReporter(
-        metric_columns={"trial": "trial", "epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
-        parameter_columns=[],
+        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
+        parameter_columns=shown,
         max_report_frequency=15,
         max_column_length=40,
         sort_by_metric=True,
@@ -331,14 +361,19 @@ def build_tuner(
             search_alg=searcher,
             num_samples=num_samples,
             reuse_actors=True,
+            trial_name_creator=TrialNamer(space, experiment),
         ),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage.path(),
             storage_filesystem=storage.fs,
             failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            progress_reporter=_reporter(),
+            # Scored by the best epoch's val_acc: every checkpoint holds the best weights so far, the latest
+            # is always kept (resume), and the best one is what the search delivers.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="best_val_acc", checkpoint_score_order="max"
+            ),
+            progress_reporter=_reporter(experiment),
             callbacks=callbacks,
             verbose=1,
         ),
@@ -478,7 +513,25 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
         seconds=time.perf_counter() - started,
         num_incomplete=incomplete,
         signal=received[0] if received else None,
+        checkpoints=_checkpoints(results),
     )
+
+
+def _checkpoints(results: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    out = {}
+    for result in results:
+        run_id = (result.metrics or {}).get("mlflow_run_id")
+        if run_id:
+            out[str(run_id)] = (result.checkpoint, dict(result.config or {}))
+    return out
+
+
+def load_checkpoint(checkpoint: Any) -> dict[str, Any]:
+    """A trial's saved state (`TrialRunner.state_dict` plus `run_id`), from any storage Tune wrote it to."""
+    import torch
+
+    with checkpoint.as_directory() as d:
+        return dict(torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
 
 
 def can_restore(storage: Storage, run: str) -> bool:

@@ -137,7 +137,9 @@ def run_trial(
     record: str | None = json.dumps({"params": run_params, "tags": run_tags})
     epochs = experiment.training.epochs
     interval = experiment.training.checkpoint_interval_s
+    decisions = decision_epochs(experiment)
     last_checkpoint = time.monotonic()
+    saved_best = runner.best_epoch
     diverged = False
     try:
         while runner.epoch < epochs:
@@ -146,11 +148,16 @@ def run_trial(
             # An epoch redone after a restart is the same computation (resume is bit for bit): log it once.
             if recorder is not None and run_id is not None and m.epoch > logged:
                 recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
-            save = diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
+            # Every checkpoint carries the best epoch's weights; one is also written where ASHA may stop the
+            # trial after this report, if the best epoch is not saved yet, so the delivered weights exist.
+            unsaved_best = runner.best_epoch > saved_best
+            save = (diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
+                    or (unsaved_best and m.epoch in decisions))
             _report(runner, m, run_id, diverged, save, label, record)
             record = None
             if save:
                 last_checkpoint = time.monotonic()
+                saved_best = runner.best_epoch
             maybe_fail(trial_id, label, m.epoch)
             if diverged:
                 break
@@ -183,13 +190,32 @@ def _record_early_failure(
         recorder.finish(run_id, status="FAILED", best_val_acc=None, error=error)
 
 
+def decision_epochs(experiment: ExperimentConfig) -> frozenset[int]:
+    """Epochs after whose report ASHA may stop a trial (its rung milestones, as Ray computes them)."""
+    sched, epochs = experiment.scheduler, experiment.training.epochs
+    if sched.type != "asha":
+        return frozenset()
+    grace = min(sched.grace_period, epochs)
+    rungs = int(math.log(epochs / grace) / math.log(sched.reduction_factor) + 1)
+    return frozenset(math.ceil(grace * sched.reduction_factor**k) for k in range(rungs))
+
+
 def trial_label(runner: TrialRunner) -> str:
-    """A short readable name for progress tables and MLflow run names."""
+    """A short readable name for MLflow run names (the progress table adds the backbone)."""
     p = runner.params
     name = p.condition or f"T{p.transfer_depth}F{p.frozen_depth}"
     extra = f" lr{p.inner_lr:g}/{p.last_lr:g}" if p.inner_lr != p.last_lr else ""
     scale = f" x{p.lr_scale:g}" if p.lr_scale != 1 else ""
     return f"{name} ipl={p.images_per_label}{extra}{scale} seed={runner.seed}"
+
+
+def label_of(params: dict[str, Any], seed: int, backbone: str) -> str:
+    """A trial's name before it runs, from its search parameters: condition (or depths), images per
+    label, backbone, seed; learning rates only where they were set."""
+    name = params.get("condition") or f"T{params.get('transfer_depth', '-')}F{params.get('frozen_depth', 0)}"
+    extra = "".join(f" {k}={params[k]:.3g}" for k in ("inner_lr", "last_lr", "lr_scale", "base_lr")
+                    if isinstance(params.get(k), float))
+    return f"{name} ipl={params.get('images_per_label', 'all')}{extra} {backbone} seed={seed}"
 
 
 def _best(runner: TrialRunner) -> float | None:
@@ -216,6 +242,7 @@ def _report(
         **_epoch_metrics(m, diverged),
         "epoch": m.epoch,
         "best_val_acc": _best(runner) or 0.0,
+        "best_epoch": runner.best_epoch,
         "epoch_seconds": m.seconds,
         "diverged": diverged,
         "mlflow_run_id": run_id or "",

@@ -42,6 +42,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "error",
     "node",
 )
+#: Test-split accuracy, logged on the trials of the configurations a search selected, and its table column.
+TEST_METRIC, TEST_COLUMN = "test_acc", "test_acc_mean"
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
 _PAGE = 1000
@@ -227,7 +229,11 @@ def best_configs(
     group_by: list[str] | None = None,
     config_cols: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Configurations ranked by mean `metric` over seeds (finished runs only), top K overall or per group."""
+    """Configurations ranked by mean `metric` over seeds (finished runs only), top K overall or per group.
+
+    A trial's score, what `tunetl.api` ranks by, is `best_val_acc`: its best epoch's validation accuracy
+    (the weights a search delivers); `val_acc` is the last epoch's. `test_acc_mean` is the mean test accuracy of the
+    configuration's trials where a search measured it (the configurations it selected), else empty."""
     import pandas as pd
 
     if metric not in frame.columns:
@@ -248,21 +254,30 @@ def best_configs(
     # A diverged trial (non-finite loss) ran no meaningful configuration: it never ranks.
     diverged = frame["diverged"] if "diverged" in frame.columns else False
     done = frame[(frame["status"] == "FINISHED") & values.map(math.isfinite) & ~diverged]
-    out_cols = [*cols, f"{metric}_mean", f"{metric}_std", "n_seeds"]
+    out_cols = [*cols, f"{metric}_mean", f"{metric}_std", "n_seeds", TEST_COLUMN]
     if done.empty:
         return pd.DataFrame(columns=out_cols)
 
+    # Test accuracy exists only for the configurations a search selected (never used to rank): empty elsewhere.
+    tests = (done[TEST_METRIC].astype("float64") if TEST_METRIC in done.columns
+             else pd.Series(math.nan, index=done.index))
     groups: dict[tuple[Any, ...], list[float]] = {}
-    for key, value in zip(
+    group_tests: dict[tuple[Any, ...], list[float]] = {}
+    for key, value, test in zip(
         (tuple(_hashable(v) for v in row) for row in done[cols].itertuples(index=False, name=None)),
         done[metric].astype("float64"),
+        tests,
     ):
         groups.setdefault(key, []).append(float(value))
+        if math.isfinite(test):
+            group_tests.setdefault(key, []).append(float(test))
 
     records = []
     for key, vals in groups.items():
         series = pd.Series(vals, dtype="float64")
-        records.append([*key, series.mean(), series.std(ddof=1), len(vals)])
+        seen = group_tests.get(key)
+        records.append([*key, series.mean(), series.std(ddof=1), len(vals),
+                        sum(seen) / len(seen) if seen else math.nan])
     table = pd.DataFrame(records, columns=out_cols)
     table = table.sort_values(f"{metric}_mean", ascending=False, kind="stable")
     if not group_by:
