@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="finish the latest search of this experiment (an unfinished one is resumed anyway)")
     p.add_argument("--new", action="store_true", help="start a new search even if an unfinished one exists")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--more", type=int, metavar="N",
+                   help="add N trials (per seed) to the last finished random/optuna search of this experiment")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("best", help="best configurations recorded in MLflow")
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="configurations to show (per group)")
     p.add_argument("--group-by", action="append", default=[], help="e.g. images_per_label (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pareto", nargs="?", const="val_acc,train_seconds", metavar="OBJ,OBJ",
+                   help="the Pareto front of a multi-objective search instead (default val_acc,train_seconds)")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("export", help="write every trial of an experiment to Parquet")
@@ -120,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             new=args.new,
             num_cpus=args.num_cpus,
+            more=args.more,
         )
     except api.SearchInterrupted as stop:
         print(f"\ntunetl: {stop}", file=sys.stderr)
@@ -162,10 +167,16 @@ def _best_text(frame: pd.DataFrame, varying: list[str] | None = None) -> str:
 def cmd_best(args: argparse.Namespace) -> int:
     from tunetl import api
 
-    frame = api.best(args.experiment, args.tracking_uri, metric=args.metric, top=args.top,
-                     group_by=args.group_by or None)
+    if args.pareto:
+        frame = api.pareto(args.experiment, args.tracking_uri, args.pareto)
+    else:
+        frame = api.best(args.experiment, args.tracking_uri, metric=args.metric, top=args.top,
+                         group_by=args.group_by or None)
     if args.json:
         print(frame.to_json(orient="records", indent=2))
+    elif args.pareto:
+        print(f"Pareto front of {args.pareto} (accuracy in %; no other trial is better on every objective):")
+        print(api.format_table(frame))
     else:
         print(_best_text(frame))
     return 0
