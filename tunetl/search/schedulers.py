@@ -217,12 +217,11 @@ def build_scheduler(
                       min_samples_required=cfg.min_samples_required)
     else:
         kwargs = dict(time_attr="epoch", perturbation_interval=cfg.perturbation_interval,
-                      hyperparam_mutations=pbt_mutations(space, pb2=kind == "pb2"),
-                      quantile_fraction=cfg.quantile_fraction)
+                      quantile_fraction=cfg.quantile_fraction, synch=cfg.synch)
         if kind == "pbt":
-            kwargs.update(resample_probability=cfg.resample_probability, synch=cfg.synch)
+            kwargs.update(hyperparam_mutations=pbt_mutations(space), resample_probability=cfg.resample_probability)
         else:
-            kwargs.update(synch=cfg.synch)
+            kwargs.update(hyperparam_bounds=pbt_mutations(space, pb2=True))
     factory = _Factory(kind, kwargs)
     if group_of is None:
         return factory()
