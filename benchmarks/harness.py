@@ -967,6 +967,8 @@ def section_anytime(ctx: Ctx) -> dict[str, Any]:
                 curves = anytime_curve(tune_results(Path(summary.storage_path)))
                 raw.setdefault(label, []).append({"seed": seed, "wall_s": wall, "trials": summary.num_trials,
                                                   "curves": curves})
+                # An interrupted run (e.g. a time limit) still leaves the searches it finished.
+                (ctx.work / "anytime_raw.json").write_text(json.dumps(raw, indent=1))
                 ctx.say(f"anytime: {label} seed {seed}: {summary.num_trials} trials, "
                         f"{ {g: c[-1] for g, c in curves.items()} }, {wall:.0f} s")
     finally:

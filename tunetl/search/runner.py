@@ -21,11 +21,11 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
+from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import TaskBundle, TrialRecorder, run_trial
-from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.tune_space import GroupKey
 
 
