@@ -9,7 +9,7 @@ search vs its trials' training time), cache (frozen-prefix feature cache on vs o
 asha (ASHA vs the full grid on the quickstart), nodes (trials/hour on 1 vs 2 local Ray nodes), gpu
 (images/s per trial with 1/2/4 trials per GPU; skipped without CUDA), anytime (best accuracy found vs
 epochs spent for grid, random, ASHA, HyperBand, Optuna+ASHA, PBT and BOHB on 72 configurations of
-MNIST-5k, 3 seeds each; not part of the default run's ~10 min: about an hour on 2 quiet cores).
+MNIST-5k, 3 seeds each; not part of the default run: estimated 5-15 min on 2 quiet cores, not yet measured).
 
 Writes `<out>/harness.json` (machine, raw numbers, medians, ratios, targets) and `<out>/harness.md`.
 A run with `--only` replaces just those sections in an existing results file, so e.g. the gpu section
@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu", "anytime")
-#: What a plain `harness.py` runs: `anytime` (about an hour) only when named with --only.
+#: What a plain `harness.py` runs: `anytime` (19 searches) only when named with --only.
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "anytime")
 RESULTS_VERSION = 1
 
