@@ -7,7 +7,9 @@
 Sections (`--only`): plain (TrialRunner and a Tune trial vs a plain PyTorch loop), overhead (whole
 search vs its trials' training time), cache (frozen-prefix feature cache on vs off per frozen depth),
 asha (ASHA vs the full grid on the quickstart), nodes (trials/hour on 1 vs 2 local Ray nodes), gpu
-(images/s per trial with 1/2/4 trials per GPU; skipped without CUDA).
+(images/s per trial with 1/2/4 trials per GPU; skipped without CUDA), anytime (best accuracy found vs
+epochs spent for grid, random, ASHA, HyperBand, Optuna+ASHA, PBT and BOHB on 72 configurations of
+MNIST-5k, 3 seeds each; not part of the default run: estimated 5-15 min on 2 quiet cores, not yet measured).
 
 Writes `<out>/harness.json` (machine, raw numbers, medians, ratios, targets) and `<out>/harness.md`.
 A run with `--only` replaces just those sections in an existing results file, so e.g. the gpu section
@@ -35,7 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu")
+SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu", "anytime")
+#: What a plain `harness.py` runs: `anytime` (19 searches) only when named with --only.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "anytime")
 RESULTS_VERSION = 1
 
 
@@ -55,6 +59,8 @@ class Ctx:
     stderr: Any = field(default=None)
     #: Seconds the quickstart's source model took to train (once per harness run; None until then).
     source_s: float | None = None
+    #: Where results (and the sections' plots) are written.
+    out_dir: Path = ROOT / "benchmarks" / "results"
 
     @property
     def storage(self) -> Path:
@@ -881,6 +887,157 @@ def section_gpu(ctx: Ctx) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# anytime: best accuracy found vs epochs spent, per scheduler/searcher, on a space of 72 configurations
+
+ANYTIME_SPACE = {"transfer_depth": 4, "frozen_depth": {"grid": [0, 1, 2, 3]},
+                 "inner_lr": {"grid": [0.001, 0.01, 0.1]}, "last_lr": {"grid": [0.01, 0.1]},
+                 "lr_scale": {"grid": [0.3, 1.0, 3.0]}, "images_per_label": {"grid": [5, 50]}}
+ANYTIME_QUICK_SPACE = {"transfer_depth": 4, "frozen_depth": {"grid": [0, 2]}, "inner_lr": {"grid": [0.001, 0.1]},
+                       "last_lr": 0.1, "lr_scale": 1.0, "images_per_label": {"grid": [5, 50]}}
+
+
+def anytime_experiment(quick: bool) -> dict[str, Any]:
+    """MNIST-5k digits 5-9 from a smallcnn trained on digits 0-4; IL x LL x lr_scale x frozen depth x
+    images per label (72 configurations per group; quick: 4)."""
+    return {
+        "name": "anytime",
+        "dataset": {"builtin": "mnist5k", "classes": [5, 6, 7, 8, 9], "val_fraction": 0.3},
+        "source": {"train_on": {"builtin": "mnist5k", "classes": [0, 1, 2, 3, 4]}, "epochs": 2 if quick else 5},
+        "backbone": "smallcnn",
+        "search_space": ANYTIME_QUICK_SPACE if quick else ANYTIME_SPACE,
+        "training": {"epochs": 3 if quick else 6, "batch_size": 32, "optimizer": "sgd", "base_lr": 0.01,
+                     "feature_cache": "node"},
+        "scheduler": {"type": "none", "group_by": ["images_per_label"]},
+        "searcher": {"type": "grid"},
+        "resources": {"cpu": 1, "gpu": 0},
+        "seeds": [0],
+    }
+
+
+def anytime_methods(quick: bool) -> list[tuple[str, list[str]]]:
+    """(label, overrides); the non-grid methods draw a sixth of the grid's trials (quick: half)."""
+    n = 4 if quick else 24
+    rand = f"searcher={{type: random, num_samples: {n}, seed: SEED}}"
+    return [
+        ("grid", []),
+        ("random", [rand]),
+        ("ASHA", [rand, "scheduler={type: asha, grace_period: 1, reduction_factor: 3, group_by: [images_per_label]}"]),
+        ("HyperBand", [rand, "scheduler={type: hyperband, reduction_factor: 3, group_by: [images_per_label]}"]),
+        ("Optuna+ASHA", [f"searcher={{type: optuna, num_samples: {n}, seed: SEED}}",
+                         "scheduler={type: asha, grace_period: 1, reduction_factor: 3, group_by: [images_per_label]}"]),
+        ("PBT", [rand, "scheduler={type: pbt, perturbation_interval: 2, group_by: [images_per_label]}"]),
+        ("BOHB", [rand, "scheduler={type: bohb, reduction_factor: 3, group_by: [images_per_label]}"]),
+    ]
+
+
+def anytime_curve(rows: list[list[dict[str, Any]]]) -> dict[str, list[tuple[int, float]]]:
+    """Per images-per-label group: (epochs spent so far, best val_acc so far) after each epoch of the
+    search, epochs in the order Tune received them."""
+    import re
+
+    events = []
+    for trial in rows:
+        for r in trial:
+            group = re.search(r"ipl=(\S+)", str(r.get("trial", "")))
+            if group and isinstance(r.get("val_acc"), (int, float)):
+                events.append((float(r.get("timestamp", 0)), group.group(1), float(r["val_acc"])))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    best: dict[str, float] = {}
+    for _, g, acc in sorted(events):
+        best[g] = max(best.get(g, 0.0), acc)
+        curves.setdefault(g, []).append((len(curves.get(g, [])) + 1, best[g]))
+    return curves
+
+
+def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((k for k, acc in curve if acc >= level), None)
+
+
+def section_anytime(ctx: Ctx) -> dict[str, Any]:
+    """Each method is a real tunetl search (Ray Tune, MLflow); 3 seeds of each sampler, the grid once."""
+    seeds = [0] if ctx.quick else [0, 1, 2]
+    exp = anytime_experiment(ctx.quick)
+    start_ray(num_cpus=2)
+    raw: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for label, over in anytime_methods(ctx.quick):
+            for seed in ([0] if label == "grid" else seeds):
+                sets = [o.replace("SEED", str(seed)) for o in over]
+                summary, wall = run_search(ctx, f"anytime_{label}_{seed}", sets, experiment=exp)
+                curves = anytime_curve(tune_results(Path(summary.storage_path)))
+                raw.setdefault(label, []).append({"seed": seed, "wall_s": wall, "trials": summary.num_trials,
+                                                  "curves": curves})
+                # An interrupted run (e.g. a time limit) still leaves the searches it finished.
+                (ctx.work / "anytime_raw.json").write_text(json.dumps(raw, indent=1))
+                ctx.say(f"anytime: {label} seed {seed}: {summary.num_trials} trials, "
+                        f"{ {g: c[-1] for g, c in curves.items()} }, {wall:.0f} s")
+    finally:
+        stop_ray()
+    grid = raw["grid"][0]["curves"]
+    rows, targets = [], []
+    reached: dict[str, dict[str, float | None]] = {}
+    for label, runs in raw.items():
+        row: dict[str, Any] = {"method": label, "seeds": len(runs)}
+        for g, gcurve in grid.items():
+            total, top = gcurve[-1][0], gcurve[-1][1]
+            spent = [r["curves"].get(g, [(0, 0.0)])[-1][0] for r in runs]
+            finals = [r["curves"].get(g, [(0, 0.0)])[-1][1] for r in runs]
+            hits = [epochs_to_reach(r["curves"].get(g, []), top - 0.01) for r in runs]
+            fracs = [h / total if h is not None else float("inf") for h in hits]
+            med = float(np.median(fracs))
+            reached.setdefault(label, {})[g] = med
+            row[f"@{g}: epochs (median)"] = int(np.median(spent))
+            row[f"@{g}: best % (median)"] = f"{100 * float(np.median(finals)):.1f}"
+            row[f"@{g}: epochs to grid best -1pt"] = "never" if not np.isfinite(med) else f"{100 * med:.0f}%"
+        rows.append(row)
+    ok_methods = [m for m, per in reached.items() if m != "grid" and all(v <= 0.30 for v in per.values())]
+    best_method = min((m for m in reached if m != "grid"), key=lambda m: max(reached[m].values()))
+    worst = max(reached[best_method].values())
+    targets.append(target("anytime.30pct", "a method within 1 point of the grid's best at <= 30% of the grid's "
+                          "epochs (median of 3 seeds, every images-per-label group)", worst, bool(ok_methods),
+                          f"{best_method}: {100 * worst:.0f}%" if np.isfinite(worst) else f"{best_method}: never",
+                          "" if ok_methods else "no method reached the grid's best -1 point within 30% of its epochs "
+                          "in every group"))
+    png = plot_anytime(raw, ctx.out_dir / ("anytime_quick.png" if ctx.quick else "anytime.png"))
+    return {"setup": {"note": f"MNIST-5k digits 5-9, smallcnn from digits 0-4, frozen-prefix cache; "
+                      f"{'quick space' if ctx.quick else '72 configurations'} per images-per-label group, "
+                      f"{exp['training']['epochs']} epochs; samplers draw {anytime_methods(ctx.quick)[1][1][0]}; "
+                      "epochs counted in the order Tune received them (2 trials at a time). Plot: " + png.name},
+            "raw": raw, "rows": rows, "targets": targets}
+
+
+def plot_anytime(raw: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Median over seeds of best val acc vs epochs spent, one panel per images-per-label group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted(raw["grid"][0]["curves"], key=lambda g: float(g) if g.replace(".", "").isdigit() else 1e9)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        for label, runs in raw.items():
+            longest = max(len(r["curves"].get(g, [])) for r in runs)
+            if not longest:
+                continue
+            xs = np.arange(1, longest + 1)
+            ys = [[r["curves"][g][min(k, len(r["curves"][g])) - 1][1] if r["curves"].get(g) else np.nan
+                   for k in xs] for r in runs]
+            ax.plot(xs, 100 * np.nanmedian(np.asarray(ys, dtype=float), axis=0), label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("epochs spent (log)")
+        ax.set_ylabel("best val acc found (%)")
+        ax.set_title(f"{g} images per label")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
 # Results: JSON and Markdown
 
 
@@ -891,6 +1048,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "asha": section_asha,
     "nodes": section_nodes,
     "gpu": section_gpu,
+    "anytime": section_anytime,
 }
 
 TITLES = {
@@ -900,6 +1058,7 @@ TITLES = {
     "asha": "ASHA vs the full grid on the quickstart (shipped frozen-depth search)",
     "nodes": "Trials per hour on 1 vs 2 local Ray nodes",
     "gpu": "GPU: images/s per trial with 1, 2 and 4 trials per GPU",
+    "anytime": "Best accuracy found vs epochs spent: grid, random, ASHA, HyperBand, Optuna+ASHA, PBT, BOHB",
 }
 
 
@@ -958,8 +1117,8 @@ def render(results: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                    help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: anytime)")
     ap.add_argument("--quick", action="store_true", help="smaller searches and fewer epochs (1-2 minutes)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3, quick 1)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
@@ -991,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tunetl-harness-"))
     work.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(quick=args.quick, repeats=args.repeats, work=work, log=work / "harness.log",
-              threads=args.threads, verbose=args.verbose, simulate_gpu=args.simulate_gpu)
+              threads=args.threads, verbose=args.verbose, simulate_gpu=args.simulate_gpu, out_dir=args.out)
     ctx.stderr = os.fdopen(os.dup(2), "w")
     for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
         del os.environ[name]  # the harness writes only to its own SQLite store
@@ -1005,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.say(f"{', '.join(args.sections)}; {'quick' if args.quick else 'full'}, {args.repeats} repeat(s); "
             f"log: {ctx.log}")
     sections: dict[str, Any] = {}
-    if json_path.exists() and set(args.sections) != set(SECTIONS):
+    if json_path.exists() and set(args.sections) != set(DEFAULT_SECTIONS):
         with contextlib.suppress(ValueError, KeyError):
             sections = json.loads(json_path.read_text())["sections"]
     failed = []

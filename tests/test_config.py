@@ -48,7 +48,7 @@ def test_set_overrides_are_dotted_and_yaml_typed(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("name: x\ndataset: {builtin: digits}\ntraining: {epochz: 3}\n", "training.epochz: unknown key"),
-        ("name: x\ndataset: {builtin: digits}\nscheduler: {type: hyperband}\n", "scheduler.type"),
+        ("name: x\ndataset: {builtin: digits}\nscheduler: {type: hyperbandx}\n", "scheduler.type"),
         ("name: x\ndataset: {builtin: digits, path: /tmp}\n", "dataset"),
         ("name: x\ndataset: {builtin: digits}\nsource: {weights: imagenet, weights_file: a.pt}\n",
          "give only one of train_on, weights, weights_file"),

@@ -113,6 +113,12 @@ def plan(
         check_recipe(space, exp.training)
     except SpaceError as err:
         raise ConfigError(str(err)) from None
+    from tunetl.search.schedulers import check_scheduler
+    from tunetl.search.searchers import check_searcher
+
+    for why in (check_scheduler(exp, space), check_searcher(exp)):
+        if why:
+            raise ConfigError(why)
     points, skipped = space.grid_points()
     return Plan(experiment=exp, space=space, tasks=tasks, grid_points=len(points), skipped=skipped)
 
@@ -229,6 +235,7 @@ def run(
     new: bool = False,
     num_cpus: int | None = None,
     register_model: str | None = None,
+    more: int | None = None,
 ) -> RunSummary:
     """Run a search, or finish an unfinished one; every trial becomes an MLflow child run under one parent.
 
@@ -236,6 +243,8 @@ def run(
     stopped) is resumed unless `new`. Raises `SearchInterrupted` when Ctrl-C or SIGTERM stops it.
     At the end the winner is evaluated on the test split and logged (`tunetl.delivery`);
     `register_model` (or `output.register_model`) also registers it under the alias `champion`.
+    `more=N` adds N trials (per seed) to the newest finished random/Optuna search instead: its finished
+    trials are told to the searcher and the new ones join its parent run.
     """
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
@@ -254,7 +263,18 @@ def run(
     rn.check_local_storage(store)
     rn.check_address(address)
     started = time.perf_counter()
-    run_name = _search_to_resume(store, exp, resume=resume, new=new)
+    cont = None
+    if more is not None:
+        from tunetl.history import continuation
+
+        if resume:
+            raise ConfigError("--more and --resume exclude each other: --more adds trials to a finished search")
+        exp = exp.model_copy(update={"searcher": exp.searcher.model_copy(update={"num_samples": more})})
+        p.experiment = exp
+        cont = continuation(store, exp, p.space, uri, [t.name for _, t in p.tasks])
+        print(f"[tunetl] --more {more}: {len(cont.told)} finished configuration(s) of {cont.run_dir} told to the "
+              f"searcher; new trials join parent run {cont.parent_run_id}", flush=True)
+    run_name = None if cont else _search_to_resume(store, exp, resume=resume, new=new)
     print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
           f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
@@ -270,7 +290,15 @@ def run(
     if not lock.acquire():
         raise rn.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
     try:
-        if store.exists(run_name, rn.STATE_FILE):
+        if cont is not None:
+            parent = cont.parent_run_id
+            recorder.reopen_parent(parent)
+            recorder.set_parent_tags({f"tunetl.more.{run_name}": json.dumps(
+                {"trials": more, "told": len(cont.told), "after": cont.run_dir})})
+            rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
+                                             "experiment": exp.name, "tracking_uri": uri, "finished": False,
+                                             "config": exp.model_dump(mode="json"), "more_of": cont.run_dir})
+        elif store.exists(run_name, rn.STATE_FILE):
             state = rn.read_state(store, run_name)
             parent = state["parent_run_id"]
             recorder.reopen_parent(parent)
@@ -290,8 +318,10 @@ def run(
                 warm = _warm_start(p, bundles, uri)
                 if warm:
                     recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
+                told = cont.told if cont else _history(p, uri, recorder)
                 tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                                       storage=store, run_name=run_name, warm_start=warm)
+                                       storage=store, run_name=run_name, warm_start=warm, told=told,
+                                       sampler_seed_offset=cont.earlier_trials if cont else 0)
             outcome = rn.fit(tuner, started, run_path)
         except BaseException:
             recorder.close_open_children("KILLED", "interrupted")
@@ -364,11 +394,25 @@ def _finish(
     return summary
 
 
+def _history(p: Plan, uri: str, recorder: Any) -> list[Any]:
+    """`searcher.warm_start: history`: earlier searches' finished trials, tagged on the parent run."""
+    from tunetl.history import history_seeds, seed_tags
+
+    if "history" not in p.experiment.searcher.warm_starts:
+        return []
+    seeds = history_seeds(p.experiment, p.space, uri, [t.name for _, t in p.tasks])
+    recorder.set_parent_tags(seed_tags("tunetl.warm_start.history", seeds))
+    print(f"[tunetl] warm start from history: {len(seeds)} finished configuration(s) of earlier searches of "
+          f"{p.experiment.name!r} told to the searcher", flush=True)
+    return seeds
+
+
 def _warm_start(p: Plan, bundles: list[Any], uri: str) -> list[dict[str, Any]] | None:
     """`searcher.warm_start: MODEL`: the meta-model's recommendation per task, as Optuna's first points."""
-    name = p.experiment.searcher.warm_start
-    if not name:
+    names = [n for n in p.experiment.searcher.warm_starts if n != "history"]
+    if not names:
         return None
+    name = names[0]
     from tunetl.meta.predict import recommend, subset_features
     from tunetl.search.space import values_of
     from tunetl.search.tune_space import warm_start_point
@@ -398,7 +442,18 @@ def _parent_params(exp: ExperimentConfig, p: Plan) -> dict[str, Any]:
         "fingerprint": exp.fingerprint(),
         # Files the pre-flight scan left out (`dataset.bad_files: skip`); their names are a parent tag.
         "skipped_files": sum(len(task.skipped_files) for _, task in p.tasks),
+        **_budget_params(exp),
     }
+
+
+def _budget_params(exp: ExperimentConfig) -> dict[str, Any]:
+    """The search's budgets and objectives, where set (parent-run params)."""
+    out: dict[str, Any] = {f"run.{k}": v for k, v in exp.run.model_dump().items() if v is not None}
+    if exp.searcher.objectives:
+        out["objectives"] = list(exp.searcher.objectives)
+    if exp.searcher.type != "grid":
+        out["num_samples"] = exp.searcher.num_samples
+    return out
 
 
 def _skipped_tag(p: Plan) -> dict[str, str]:
@@ -449,6 +504,20 @@ def best(
     if parent_run_id is not None:
         frame = frame[frame["parent_run_id"] == parent_run_id]
     return rank(frame, metric=metric, top=top, group_by=group_by)
+
+
+def pareto(experiment: str | list[str], tracking_uri: str | None = None,
+           objectives: str = "val_acc,train_seconds") -> pd.DataFrame:
+    """The trials on the Pareto front of `objectives` (comma-separated), best accuracy first."""
+    from tunetl.pareto import COLUMN, pareto_front, parse_objectives
+
+    try:
+        names = parse_objectives(objectives)
+        front = pareto_front(trials(experiment, tracking_uri), names)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    keep = ["run_id", *varying_params(front), "seed", *(COLUMN[n] for n in names)]
+    return front[[c for c in dict.fromkeys(keep) if c in front.columns]].reset_index(drop=True)
 
 
 def rank(frame: pd.DataFrame, *, metric: str = "best_val_acc", top: int = 5,

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     p.add_argument("--register-model", metavar="NAME",
                    help="register the winner's model under NAME (alias champion if it beats the current one)")
+    p.add_argument("--more", type=int, metavar="N",
+                   help="add N trials (per seed) to the last finished random/optuna search of this experiment")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("best", help="best configurations recorded in MLflow")
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="configurations to show (per group)")
     p.add_argument("--group-by", action="append", default=[], help="e.g. images_per_label (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pareto", nargs="?", const="val_acc,train_seconds", metavar="OBJ,OBJ",
+                   help="the Pareto front of a multi-objective search instead (default val_acc,train_seconds)")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("export", help="write every trial of an experiment to Parquet")
@@ -143,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             new=args.new,
             num_cpus=args.num_cpus,
             register_model=args.register_model,
+            more=args.more,
         )
     except api.SearchInterrupted as stop:
         print(f"\ntunetl: {stop}", file=sys.stderr)
@@ -190,10 +195,16 @@ def _best_text(frame: pd.DataFrame, varying: list[str] | None = None) -> str:
 def cmd_best(args: argparse.Namespace) -> int:
     from tunetl import api
 
-    frame = api.best(args.experiment, args.tracking_uri, metric=args.metric, top=args.top,
-                     group_by=args.group_by or None)
+    if args.pareto:
+        frame = api.pareto(args.experiment, args.tracking_uri, args.pareto)
+    else:
+        frame = api.best(args.experiment, args.tracking_uri, metric=args.metric, top=args.top,
+                         group_by=args.group_by or None)
     if args.json:
         print(frame.to_json(orient="records", indent=2))
+    elif args.pareto:
+        print(f"Pareto front of {args.pareto} (accuracy in %; no other trial is better on every objective):")
+        print(api.format_table(frame))
     else:
         print(_best_text(frame))
     return 0

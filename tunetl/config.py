@@ -141,9 +141,17 @@ class TrainingConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "hyperband", "median", "pbt", "pb2", "bohb", "none"] = "asha"
     grace_period: int = Field(default=2, ge=1)
     reduction_factor: float = Field(default=3, gt=1)
+    #: median: a trial is compared with the others once this many have reported at its epoch.
+    min_samples_required: int = Field(default=3, ge=1)
+    #: pbt/pb2: epochs between perturbations, the bottom fraction that copies the top, resampling odds.
+    perturbation_interval: int = Field(default=2, ge=1)
+    quantile_fraction: float = Field(default=0.25, ge=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+    #: pbt/pb2: perturb only when every trial of the group has reached the interval (reproducible).
+    synch: bool = False
     #: ASHA compares trials only within groups of equal values of these parameters.
     group_by: list[str] = Field(default_factory=lambda: ["images_per_label"])
 
@@ -158,11 +166,51 @@ class SchedulerConfig(_Strict):
         return v
 
 
+#: Objectives a multi-objective Optuna search may optimise, and their direction.
+OBJECTIVES: dict[str, str] = {"val_acc": "max", "train_seconds": "min", "num_params": "min"}
+
+
 class SearcherConfig(_Strict):
-    type: Literal["grid", "optuna"] = "grid"
+    type: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(default=1, ge=1)
     seed: int = 0
-    warm_start: str | None = None
+    #: A registered meta-model's name, `history` (the finished trials of earlier searches of the same
+    #: experiment), or both as a list.
+    warm_start: str | list[str] | None = None
+    #: optuna: several objectives (Pareto front) instead of best_val_acc alone, e.g. [val_acc, train_seconds].
+    objectives: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [k for k in v or [] if k not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"objectives repeat a name: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _objectives_need_optuna(self) -> SearcherConfig:
+        if self.objectives and len(self.objectives) > 1 and self.type != "optuna":
+            raise ValueError(f"objectives: several objectives need type: optuna (got type: {self.type})")
+        return self
+
+    @property
+    def warm_starts(self) -> list[str]:
+        ws = self.warm_start
+        return [] if ws is None else [ws] if isinstance(ws, str) else list(ws)
+
+
+class RunLimits(_Strict):
+    """Budgets of a whole search (recorded on the parent run)."""
+
+    #: Stop the search (running trials included) after this many seconds; finished trials are kept.
+    time_budget_s: float | None = Field(default=None, gt=0)
+    #: At most this many trials at once (default: as many as the resources allow).
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    #: Stop the search once a trial of every group (scheduler.group_by) reached this val_acc (0-1).
+    stop_at_val_acc: float | None = Field(default=None, gt=0, le=1)
 
 
 class ResourcesConfig(_Strict):
@@ -199,6 +247,7 @@ class ExperimentConfig(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     searcher: SearcherConfig = SearcherConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    run: RunLimits = RunLimits()
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_failures: int = Field(default=0, ge=0)
     output: OutputConfig = OutputConfig()

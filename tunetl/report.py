@@ -54,6 +54,7 @@ PLOTS: dict[str, str] = {
     "alpha": "alpha_vs_images_per_label.png",
     "scale": "accuracy_vs_lr_scale.png",
     "curves": "learning_curves.png",
+    "pareto": "pareto_front.png",
 }
 TABLES: tuple[str, ...] = (
     "conditions",
@@ -62,6 +63,7 @@ TABLES: tuple[str, ...] = (
     "scale_table",
     "scale_summary",
     "top_trials",
+    "pareto_front",
 )
 #: Every file this module may write; ones a later report does not write are removed as stale.
 OUTPUT_FILES: tuple[str, ...] = (
@@ -842,6 +844,29 @@ def _pick_metric(frame: pd.DataFrame, metric: str) -> str:
     return metric
 
 
+def _pareto_section(frame: pd.DataFrame, out: Path) -> list[_Section]:
+    """Accuracy vs training seconds (a multi-objective search records them), the front joined."""
+    from tunetl.pareto import COLUMN, pareto_front
+
+    cost = next((n for n in ("train_seconds", "num_params") if frame.get(n) is not None
+                 and frame[n].notna().any()), None)
+    if cost is None:
+        return []
+    done = frame[frame["status"] == "FINISHED"].dropna(subset=["best_val_acc", cost])
+    front = pareto_front(done, ["val_acc", cost]).sort_values(COLUMN[cost])
+    fig, (ax,) = _figure()
+    ax.scatter(done[cost], done["best_val_acc"] * 100, color="#bbb", label="trial")
+    ax.plot(front[cost], front["best_val_acc"] * 100, "o-", color="C3", label="Pareto front")
+    ax.set_xlabel("training seconds" if cost == "train_seconds" else "trained parameters")
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.legend()
+    _save(fig, out / PLOTS["pareto"])
+    keep = [c for c in (*_TOP_COLS, "best_val_acc", cost) if c in front.columns and (c in ("run_id", "best_val_acc",
+                                                                                         cost) or _varying(done, c))]
+    return [_Section("Pareto front", f"Trials no other trial beats on both accuracy and {cost} ({len(front)} of "
+                     f"{len(done)}).", image=PLOTS["pareto"], table=_table("pareto_front", front[keep]))]
+
+
 def write_report(
     frame: pd.DataFrame,
     out_dir: str | Path,
@@ -869,6 +894,7 @@ def write_report(
         *_scale_sections(done, metric, out),
         *_curves_section(curves or {}, done, metric, out),
         _top_section(done, metric),
+        *_pareto_section(frame, out),
     ]
     written = {s.image for s in sections if s.image}
     for s in sections:

@@ -397,8 +397,13 @@ class TrialRunner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` at this runner's own learning rates: the same ones on a resume, new ones
+        when PBT hands a trial another trial's checkpoint with perturbed rates."""
         self.model.load_state_dict(state["model"])
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
         self.generator.set_state(state["generator"])
         self.aug_generator.set_state(state["aug_generator"])
         # Checkpoints from before the fine-tuning knobs have neither (their trials used neither).

@@ -22,6 +22,7 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig, check_name
 from tunetl.data import TaskData
+from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
@@ -31,8 +32,6 @@ from tunetl.search.tune_space import (
     SEED,
     TRIAL_INDEX,
     GroupKey,
-    OptunaSpace,
-    grid_param_space,
     trial_params,
     trial_seed,
 )
@@ -301,51 +300,27 @@ def build_tuner(
     storage: Storage,
     run_name: str,
     warm_start: list[dict[str, Any]] | None = None,
+    told: list[Any] | None = None,
+    sampler_seed_offset: int = 0,
 ) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tunetl.search.schedulers import GroupedASHA
+    from tunetl.search.budget import stopper
+    from tunetl.search.schedulers import build_scheduler
+    from tunetl.search.searchers import Seed, build_searcher, trainable_space
 
+    space = trainable_space(experiment, space)
     trainable = tune.with_parameters(run_trial, space=space, bundles=bundles, recorder=recorder)
     res = experiment.resources
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
     epochs = experiment.training.epochs
-    if experiment.scheduler.type == "asha":
-        asha = dict(
-            time_attr="epoch",
-            max_t=epochs,
-            grace_period=min(experiment.scheduler.grace_period, epochs),
-            reduction_factor=experiment.scheduler.reduction_factor,
-        )
-        keys = experiment.scheduler.group_by
-        if keys:
-            scheduler: Any = GroupedASHA(GroupKey(space, keys), **asha)
-        else:
-            scheduler = ASHAScheduler(**asha)
-    else:
-        scheduler = FIFOScheduler()
-    seeds = experiment.seeds
-    if experiment.searcher.type == "optuna":
-        import optuna
-
-        searcher: Any = OptunaSearch(
-            space=OptunaSpace(space, len(bundles)),
-            points_to_evaluate=warm_start or None,
-            sampler=optuna.samplers.TPESampler(seed=experiment.searcher.seed),
-            metric="best_val_acc",
-            mode="max",
-        )
-        if len(seeds) > 1:
-            searcher = Repeater(searcher, repeat=len(seeds), set_index=True)
-        param_space: dict[str, Any] = {}
-        num_samples = experiment.searcher.num_samples * len(seeds)
-    else:
-        searcher = None
-        param_space = grid_param_space(space, seeds, len(bundles))
-        num_samples = experiment.searcher.num_samples
+    keys = experiment.scheduler.group_by
+    group_of = GroupKey(space, keys) if keys else None
+    scheduler = build_scheduler(experiment, space, group_of)
+    seeds = [Seed(w, None, "meta-model") for w in warm_start or []] + list(told or [])
+    plan = build_searcher(experiment, space, len(bundles), seeds, sampler_seed_offset=sampler_seed_offset)
+    searcher, param_space, num_samples = plan.search_alg, plan.param_space, plan.num_samples
+    limits = experiment.run
     callbacks: list[Any] = [TrialLedger(storage, run_name)]
     if recorder is not None:
         callbacks.append(MlflowFinalizer(recorder, epochs))
@@ -362,6 +337,8 @@ def build_tuner(
             num_samples=num_samples,
             reuse_actors=True,
             trial_name_creator=TrialNamer(space, experiment),
+            max_concurrent_trials=limits.max_concurrent_trials,
+            time_budget_s=limits.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=run_name,
@@ -371,8 +348,10 @@ def build_tuner(
             # Scored by the best epoch's val_acc: every checkpoint holds the best weights so far, the latest
             # is always kept (resume), and the best one is what the search delivers.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="best_val_acc", checkpoint_score_order="max"
+                num_to_keep=keep_checkpoints(experiment), checkpoint_score_attribute="best_val_acc",
+                checkpoint_score_order="max",
             ),
+            stop=stopper(experiment, GroupKey(space, keys), num_groups(space, keys, len(bundles))),
             progress_reporter=_reporter(experiment),
             callbacks=callbacks,
             verbose=1,
@@ -541,6 +520,9 @@ def can_restore(storage: Storage, run: str) -> bool:
 def restore_tuner(storage: Storage, run: str, experiment: ExperimentConfig, **kwargs: Any) -> Any:
     """Tune's state of an earlier search: finished trials are kept, failed and unfinished ones continue
     from their last checkpoint."""
+    from tunetl.search.searchers import trainable_space
+
+    kwargs["space"] = trainable_space(experiment, kwargs["space"])
     trainable = tune.with_parameters(run_trial, **kwargs)
     res = experiment.resources
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})

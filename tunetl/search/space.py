@@ -279,11 +279,11 @@ def check_space(
                 f"{o}.frozen_depth: choice {list(fd.values)} can exceed transfer_depth {min(depths)}; "
                 "use randint (bounded per trial) or a grid (invalid pairs are skipped)"
             )
-    if searcher == "grid":
+    if searcher in ("grid", "random"):
         for key in ("transfer_depth", "frozen_depth"):
             if key in space.dims and not space.dims[key].is_grid:
                 raise SpaceError(
-                    f"{o}.{key}: with searcher grid, depths must be fixed, grid or set in conditions "
+                    f"{o}.{key}: with searcher {searcher}, depths must be fixed, grid or set in conditions "
                     "(their constraint is resolved before trials start); use searcher optuna for "
                     f"{space.dims[key].kind}"
                 )

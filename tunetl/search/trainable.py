@@ -25,6 +25,7 @@ from tunetl.data import TaskData
 from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
 from tunetl.search.faults import maybe_fail
 from tunetl.search.results import RECORD_KEY
+from tunetl.search.schedulers import PAUSING
 from tunetl.search.space import SearchSpace
 from tunetl.search.tune_space import trial_params, trial_seed
 from tunetl.trial import EpochMetrics, TrialRunner, has_diverged, pick_device
@@ -116,16 +117,26 @@ def run_trial(
     run_id: str | None = None
     logged = 0
     checkpoint = tune.get_checkpoint()
+    donor: str | None = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=runner.device, weights_only=True)
+        # PBT's exploit: another trial's checkpoint, continued at this trial's (perturbed) learning rates.
         runner.load_state_dict(state)
-        run_id = state.get("run_id") or None
+        if state.get("trial_id") in (None, "", trial_id):
+            run_id = state.get("run_id") or None
+        else:
+            donor = str(state["trial_id"])
     if recorder is not None and run_id is None:
         run_id = recorder.find_run(trial_id)
     if recorder is not None and run_id is not None:
         # A retried or resumed trial: its run may have been closed (KILLED) when the driver stopped.
-        logged = recorder.reopen(run_id, {"tunetl.restored_epoch": str(runner.epoch)})
+        tags = {"tunetl.restored_epoch": str(runner.epoch)}
+        if donor is not None:
+            tags["tunetl.pbt_donor"] = f"{donor}@{runner.epoch}"
+        logged = recorder.reopen(run_id, tags)
+        if donor is not None:
+            logged = runner.epoch  # the epochs after the donor's are this trial's from here on
     run_params = logged_params(runner.params, experiment, task, seed, source)
     run_params.update(_trial_features(runner, features))
     label = trial_label(runner)
@@ -136,7 +147,8 @@ def run_trial(
     # `tunetl sync` / `export --from-storage` can rebuild the run when MLflow missed it.
     record: str | None = json.dumps({"params": run_params, "tags": run_tags})
     epochs = experiment.training.epochs
-    interval = experiment.training.checkpoint_interval_s
+    # Schedulers that pause trials continue them from their last checkpoint: save one every epoch.
+    interval = 0.0 if experiment.scheduler.type in PAUSING else experiment.training.checkpoint_interval_s
     decisions = decision_epochs(experiment)
     last_checkpoint = time.monotonic()
     saved_best = runner.best_epoch
@@ -147,13 +159,13 @@ def run_trial(
             diverged = has_diverged(m.train_loss)
             # An epoch redone after a restart is the same computation (resume is bit for bit): log it once.
             if recorder is not None and run_id is not None and m.epoch > logged:
-                recorder.log_epoch(run_id, m.epoch, _epoch_metrics(m, diverged))
+                recorder.log_epoch(run_id, m.epoch, {**_epoch_metrics(m, diverged), **_tracked_extras(runner)})
             # Every checkpoint carries the best epoch's weights; one is also written where ASHA may stop the
             # trial after this report, if the best epoch is not saved yet, so the delivered weights exist.
             unsaved_best = runner.best_epoch > saved_best
             save = (diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
                     or (unsaved_best and m.epoch in decisions))
-            _report(runner, m, run_id, diverged, save, label, record)
+            _report(runner, m, run_id, diverged, save, label, record, trial_id)
             record = None
             if save:
                 last_checkpoint = time.monotonic()
@@ -231,9 +243,33 @@ def _epoch_metrics(m: EpochMetrics, diverged: bool) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 
+def objective_metrics(runner: TrialRunner) -> dict[str, float]:
+    """What multi-objective searches minimise besides accuracy: training seconds so far, trained weights."""
+    trained = sum(p.numel() for p in runner.model.parameters() if p.requires_grad)
+    return {"train_seconds": float(sum(m.seconds for m in runner.history)), "num_params": float(trained)}
+
+
+def lr_metrics(runner: TrialRunner) -> dict[str, float]:
+    """The learning rates a trial trains at this epoch (PBT changes them mid-run)."""
+    p = runner.params
+    return {f"lr.{k}": float(v) for k, v in (("inner_lr", p.inner_lr), ("last_lr", p.last_lr),
+                                             ("lr_scale", p.lr_scale)) if v is not None}
+
+
+def _tracked_extras(runner: TrialRunner) -> dict[str, float]:
+    """Per-epoch MLflow metrics beyond the contract's, only where the search uses them."""
+    experiment = runner.experiment
+    out: dict[str, float] = {}
+    if experiment.scheduler.type in ("pbt", "pb2"):
+        out |= lr_metrics(runner)
+    if experiment.searcher.objectives:
+        out |= {k: v for k, v in objective_metrics(runner).items() if k in experiment.searcher.objectives}
+    return out
+
+
 def _report(
     runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool, label: str,
-    record: str | None = None,
+    record: str | None = None, trial_id: str = "",
 ) -> None:
     """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot)."""
     from ray import tune
@@ -247,6 +283,7 @@ def _report(
         "diverged": diverged,
         "mlflow_run_id": run_id or "",
         "trial": label,
+        **objective_metrics(runner),
     }
     if record is not None:
         metrics[RECORD_KEY] = record
@@ -254,7 +291,7 @@ def _report(
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({**runner.state_dict(), "run_id": run_id or ""}, Path(d) / CHECKPOINT_FILE)
+        torch.save({**runner.state_dict(), "run_id": run_id or "", "trial_id": trial_id}, Path(d) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 

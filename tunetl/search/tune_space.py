@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunetl.params import param_distance
+from tunetl.params import LR_PARAMS, param_distance
 from tunetl.search.space import INT_PARAMS, Dist, SearchSpace
 
 POINT, CONDITION, SEED, TRIAL_INDEX, TASK = "_point", "_condition", "seed", "__trial_index__", "_task"
@@ -42,6 +42,21 @@ def grid_param_space(space: SearchSpace, seeds: list[int], num_tasks: int = 1) -
         POINT: tune.grid_search(list(range(len(points)))),
         SEED: tune.grid_search(list(seeds)),
     }
+    if space.conditions is not None and space.conditions_kind == "choice":
+        param_space[CONDITION] = tune.choice(list(range(len(space.conditions))))
+    for key, d in space.random_dims().items():
+        param_space[key] = _tune_domain(d)
+    return param_space
+
+
+def random_param_space(space: SearchSpace, seeds: list[int], num_tasks: int = 1) -> dict[str, Any]:
+    """Tune's random search: a valid grid point drawn uniformly, the sampled dimensions from their
+    distributions, every configuration once per seed."""
+    from ray import tune
+
+    points, _ = space.grid_points()
+    param_space: dict[str, Any] = {TASK: tune.choice(list(range(num_tasks)))} if num_tasks > 1 else {}
+    param_space |= {POINT: tune.choice(list(range(len(points)))), SEED: tune.grid_search(list(seeds))}
     if space.conditions is not None and space.conditions_kind == "choice":
         param_space[CONDITION] = tune.choice(list(range(len(space.conditions))))
     for key, d in space.random_dims().items():
@@ -137,6 +152,10 @@ def trial_params(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
             out[key] = d.values[int(config[f"{key}_index"])]
         elif key in config:
             out[key] = config[key]
+    for key in LR_PARAMS:
+        # A learning rate PBT perturbed (or filled in) is a top-level config key, whatever its dimension.
+        if config.get(key) is not None and f"{key}_index" not in config:
+            out[key] = float(config[key])
     for key in INT_PARAMS:
         if isinstance(out.get(key), float):
             out[key] = int(out[key])
