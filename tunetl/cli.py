@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pivot = api.condition_summary(frame)
     if pivot is not None:
         print("\nBest validation accuracy (%) per condition and images per label, mean over seeds"
-              "\n(* = ASHA stopped at least one seed early):")
+              + (":" if "*" not in pivot else "\n(* = ASHA stopped at least one seed early):"))
         print(pivot)
     print()
     print(_best_text(summary.best, api.varying_params(frame)))
