@@ -30,6 +30,11 @@ SOURCE_RECIPE_VERSION = 1
 SOURCE_TRAINING_KEYS = ("batch_size", "optimizer", "base_lr", "momentum", "weight_decay", "augment", "image_size")
 
 
+def default_cache_dir() -> Path:
+    """`<storage>/cache` of the default `--storage` (./tunetl_runs): where `tunetl run` caches sources."""
+    return Path.cwd() / "tunetl_runs" / "cache"
+
+
 def source_recipe(experiment: ExperimentConfig, in_channels: int) -> dict[str, Any]:
     """Everything that determines the source weights, as JSON-ready data (recorded with the features)."""
     src = experiment.source

@@ -381,12 +381,12 @@ def train_trial(
     under `<storage>/cache/sources/` by a `tunetl run` of the same experiment and `--storage` (a local
     folder, default ./tunetl_runs), trained and cached there when absent.
     """
-    from tunetl.source import source_state_for
+    from tunetl.source import default_cache_dir, source_state_for
 
     p = params if isinstance(params, TrialParams) else TrialParams.model_validate(params)
     if source_state is None and (p.transfer_depth is None or p.transfer_depth > 0):
-        root = Path(storage) if storage is not None else Path.cwd() / "tunetl_runs"
-        source_state = source_state_for(experiment, root / "cache",
+        cache = Path(storage) / "cache" if storage is not None else default_cache_dir()
+        source_state = source_state_for(experiment, cache,
                                         in_channels=model_in_channels(experiment, task) if task else None)
     runner = TrialRunner(p, experiment, seed=seed, task=task, source_state=source_state, device=device)
     for _ in range(epochs or experiment.training.epochs):
