@@ -16,7 +16,7 @@ import numpy as np
 
 from tunetl.config import load_experiment
 from tunetl.models import list_backbones
-from tunetl.source import source_state_for
+from tunetl.source import default_cache_dir, source_state_for
 from tunetl.trial import train_trial
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     exp = load_experiment(args.experiment, overrides=args.overrides)
     depth = len(list_backbones()[exp.backbone])
-    source = source_state_for(exp)
+    source = source_state_for(exp, default_cache_dir())  # the cache `tunetl run` fills
     conditions = {"scratch": {"transfer_depth": 0}, "FTall": {"frozen_depth": 0}}
     conditions.update({f"S{n}T": {"transfer_depth": n, "frozen_depth": n} for n in range(1, depth)})
     t0 = time.perf_counter()

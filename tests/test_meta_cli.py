@@ -90,8 +90,56 @@ def test_fit_and_predict_against_a_real_server(recorded: str, mlflow_server: str
     assert (name, got) == ("served", version)
     capsys.readouterr()  # MLflow's own "View run at ..." lines from log_meta_model
     code = main(["predict", "--dataset", "builtin:digits[4,9]", "--source", "builtin:digits[0,1,2,3,5,6,7,8]",
-                 "--model", "served", "--tracking-uri", mlflow_server, "--json"])
+                 "--model", "served", "--tracking-uri", mlflow_server, "--json", "--storage", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert out.startswith("{"), out[:300]
     assert json.loads(out)["model"]["name"] == "served"
+
+
+def _recorded_sources(uri: str) -> list[dict]:
+    from tunetl.meta.source_match import records_from_tags
+    from tunetl.tracking.query import run_tags
+
+    parents = sorted(set(api.trials("illl", uri)["parent_run_id"]))
+    return [r for tags in run_tags(parents, uri).values() for r in records_from_tags(tags)]
+
+
+def test_predict_uses_the_source_the_search_used(recorded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 18: `predict` after `fit-regressor` computes the features with the search's own cached source
+    (the same weights hash), never retrains or writes to the working directory, and refuses another one."""
+    from tunetl.models.weights import load_state_file
+    from tunetl.source import state_sha256
+
+    records = {r["source"]: r for r in _recorded_sources(recorded)}
+    assert set(records) == {"digits[0,1,2,3,4]", "digits[5,6,7,8,9]", "digits[0,1,2,4,5,6,7,9]"}
+    searched = records["digits[0,1,2,3,4]"]
+    assert searched["recipe"]["epochs"] == 2 and searched["recipe"]["training"]["batch_size"] == 16
+    cached = Path(searched["storage"]) / searched["file"]
+    assert state_sha256(load_state_file(cached)) == searched["sha256"]
+    before = cached.stat().st_mtime_ns
+
+    assert main(["fit-regressor", "--experiment", "illl", "--tracking-uri", recorded, "--register", "src"]) == 0
+    capsys.readouterr()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["predict", "--dataset", "builtin:digits[5,6,8]", "--source", "builtin:digits[0,1,2,3,4]",
+            "--model", "src", "--tracking-uri", recorded]
+    assert main([*args, "--json"]) == 0
+    used = json.loads(capsys.readouterr().out)["source"]
+    assert used["sha256"] == searched["sha256"] and used["match"] == "recorded" and not used["trained"]
+    assert Path(used["path"]) == cached and cached.stat().st_mtime_ns == before
+    assert main(["features", "--dataset", "builtin:digits[5,6,8]", "--source", "builtin:digits[0,1,2,3,4]",
+                 "--model", "src", "--tracking-uri", recorded, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feature.logme"] is not None
+    assert main(args) == 0
+    assert f"weights sha256 {searched['sha256'][:12]}; the source its searches used" in capsys.readouterr().out
+
+    for extra, says in ((["--backbone", "resnet18"], "came from smallcnn sources"),
+                        (["--storage", str(tmp_path / "elsewhere")], "is not under"),
+                        (["--source", "imagenet"], "ImageNet weights differs from the meta-model's sources")):
+        assert main([*args, *extra]) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in work.iterdir()) == []

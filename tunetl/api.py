@@ -184,6 +184,19 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     return bundles
 
 
+def _source_tags(bundles: list[Any], storage: Any) -> dict[str, str]:
+    """`tunetl.source.<i>` parent tags: which source (recipe, key, weights hash, storage) each task's
+    features came from, so that `fit-regressor`/`predict` can insist on the same one."""
+    from tunetl.meta.source_match import source_tags
+    from tunetl.source import source_record
+    from tunetl.trial import model_in_channels
+
+    records = [source_record(b.experiment, model_in_channels(b.experiment, b.task), b.source_state,
+                             storage.display())
+               for b in bundles if b.source_state is not None]
+    return source_tags(records)
+
+
 class SearchInterrupted(RuntimeError):
     """The search was stopped by Ctrl-C or SIGTERM; its state is saved and `--resume` finishes it."""
 
@@ -305,7 +318,8 @@ def run(
             rn.write_state(store, run_name, {**state, "finished": False})
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
-                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p)})
+                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p),
+                                                 **_source_tags(bundles, store)})
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
                                              "config": exp.model_dump(mode="json")})
@@ -639,24 +653,50 @@ def source_spec(text: str | None) -> Any:
     return SourceSpec(train_on=DatasetSpec.parse(text))
 
 
-def features(dataset: str, source: str | None = None, backbone: str = "smallcnn",
-             cache_dir: str | Path = ".tunetl_cache", images_per_label: int | None = None) -> dict[str, float]:
-    """`feature.*` of a target dataset for a source (training and caching a source model if asked)."""
+def source_features(
+    dataset: str,
+    source: str | None = None,
+    backbone: str | None = None,
+    *,
+    storage: str | Path | None = None,
+    images_per_label: int | None = None,
+    records: list[dict[str, Any]] | None = None,
+) -> tuple[dict[str, float], Any]:
+    """`feature.*` of a target dataset and the source they came from (`SourceUsed`, None without one).
+
+    With `records` (a meta-model's `sources`) the source must be the one those searches used, or another
+    dataset trained with their recipe; anything else raises `SourceMismatch` naming the difference.
+    Sources trained here are cached under `<storage>/cache/sources/` (`storage`: a record's storage, else
+    `--storage`, default ./tunetl_runs, the same cache `tunetl run` uses).
+    """
     from tunetl.data import DatasetSpec
     from tunetl.meta.features import task_features
     from tunetl.meta.predict import subset_features
-    from tunetl.source import source_state_for
-    from tunetl.trial import model_in_channels
+    from tunetl.meta.source_match import resolve_source
 
     try:
         spec = DatasetSpec.parse(dataset)
     except ValueError as err:
         raise ConfigError(f"--dataset {dataset!r}: {err}") from None
-    exp = ExperimentConfig(name="features", dataset=spec, source=source_spec(source), backbone=backbone,
-                           search_space={})
     task = _load(spec, "--dataset")
-    state = source_state_for(exp, cache_dir, in_channels=model_in_channels(exp, task))
-    return subset_features(task_features(exp, task, state), images_per_label)
+    exp, state, used = resolve_source(spec, task, source_spec(source), backbone=backbone, records=records,
+                                      storage=storage)
+    return subset_features(task_features(exp, task, state), images_per_label), used
+
+
+def features(dataset: str, source: str | None = None, backbone: str | None = None, *,
+             storage: str | Path | None = None, images_per_label: int | None = None,
+             model: str | None = None, tracking_uri: str | None = None) -> dict[str, float]:
+    """`feature.*` of a target dataset for a source; with `model` (a registered meta-model), from the
+    source its searches used (see `source_features`)."""
+    records = None
+    if model is not None:
+        from tunetl.tracking import resolve_tracking_uri
+        from tunetl.tracking.registry import load_meta_model
+
+        records = getattr(load_meta_model(model, resolve_tracking_uri(tracking_uri))[0], "sources", None)
+    return source_features(dataset, source, backbone, storage=storage, images_per_label=images_per_label,
+                           records=records)[0]
 
 
 def fit_regressor(
@@ -678,30 +718,51 @@ def fit_regressor(
             "run an IL/LL, graduated or frozen-depth search first (e.g. experiments/meta_digits.yaml)"
         )
     model = fit_meta_model(meta, description=f"trained on {', '.join(experiments)}")
+    model.sources = _recorded_sources(frame, uri)
     run_id, version = log_meta_model(model, uri, register=register, description=model.description)
     return model, run_id, version, meta
+
+
+def _recorded_sources(frame: pd.DataFrame, uri: str) -> list[dict[str, Any]]:
+    """The source records (`tunetl.source.<i>` tags) of the searches the trials came from."""
+    from tunetl.meta.source_match import records_from_tags
+    from tunetl.tracking.query import run_tags
+
+    parents = sorted({str(p) for p in frame.get("parent_run_id", pd.Series(dtype=str)).dropna()})
+    unique: dict[str, dict[str, Any]] = {}
+    for tags in run_tags(parents, uri).values():
+        for record in records_from_tags(tags):
+            unique.setdefault(json.dumps(record, sort_keys=True), record)
+    return list(unique.values())
 
 
 def predict(
     dataset: str,
     *,
     source: str | None = None,
-    backbone: str = "smallcnn",
+    backbone: str | None = None,
     images_per_label: int | None = None,
     model: str | None = None,
     tracking_uri: str | None = None,
+    storage: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Recommended inner_lr, last_lr, lr_scale, frozen_depth for a new dataset from a registered meta-model."""
+    """Recommended inner_lr, last_lr, lr_scale, frozen_depth for a new dataset from a registered meta-model.
+
+    The features are computed with the source the meta-model's searches used (`source` in the result:
+    its name, weights sha256 and cache file), or refused with `SourceMismatch`."""
     from tunetl.meta.predict import recommend
     from tunetl.tracking.registry import DEFAULT_MODEL_NAME, load_meta_model
 
     uri = tracking_store(tracking_uri)
     meta_model, name, version = load_meta_model(model or DEFAULT_MODEL_NAME, uri)
-    feats = features(dataset, source, backbone, images_per_label=images_per_label)
+    feats, used = source_features(dataset, source, backbone, storage=storage, images_per_label=images_per_label,
+                                  records=getattr(meta_model, "sources", None))
     try:
-        return recommend(meta_model, feats, name=name, version=version)
+        result = recommend(meta_model, feats, name=name, version=version)
     except ValueError as err:
         raise ConfigError(f"--dataset {dataset}: {err}") from None
+    result["source"] = used.as_dict() if used is not None else None
+    return result
 
 
 def format_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:

@@ -24,6 +24,11 @@ def _add_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
 
+def _add_source_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="where cached source models are (<storage>/cache/sources): default the "
+                   "storage the meta-model's searches recorded, else ./tunetl_runs")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tunetl",
@@ -87,8 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="dataset features of a transfer task (sizes, LogME, LEEP, similarity)")
     p.add_argument("--dataset", required=True, help="builtin:NAME, builtin:NAME[a,b,...] or an ImageFolder path")
     p.add_argument("--source", help="imagenet, a weights file, or a dataset to train a source model on")
-    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--backbone", help="default: the meta-model's (--model), else smallcnn")
     p.add_argument("--images-per-label", type=int, help="the subset size you will train on (default: all)")
+    p.add_argument("--model", help="registered meta-model: use the source (recipe, cached weights) its searches used")
+    _add_uri(p)
+    _add_source_storage(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_features)
 
@@ -102,11 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="recommended learning rates and frozen depth for a new dataset")
     p.add_argument("--dataset", required=True, help="builtin:NAME, builtin:NAME[a,b,...] or an ImageFolder path")
     p.add_argument("--source", help="imagenet, a weights file, or a dataset to train a source model on")
-    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--backbone", help="default: the backbone of the meta-model's sources")
     p.add_argument("--images-per-label", type=int, help="the subset size you will train on (default: all)")
     p.add_argument("--model", help="registered meta-model NAME, NAME@VERSION or NAME@alias "
                    "(default: tunetl-meta-model)")
     _add_uri(p)
+    _add_source_storage(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -163,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pivot = api.condition_summary(frame)
     if pivot is not None:
         print("\nBest validation accuracy (%) per condition and images per label, mean over seeds"
-              "\n(* = ASHA stopped at least one seed early):")
+              + (":" if "*" not in pivot else "\n(* = ASHA stopped at least one seed early):"))
         print(pivot)
     print()
     print(_best_text(summary.best, api.varying_params(frame)))
@@ -249,7 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from tunetl import api
 
-    feats = api.features(args.dataset, args.source, args.backbone, images_per_label=args.images_per_label)
+    feats = api.features(args.dataset, args.source, args.backbone, storage=args.storage,
+                         images_per_label=args.images_per_label, model=args.model, tracking_uri=args.tracking_uri)
     if args.json:
         print(json.dumps({k: (None if v != v else v) for k, v in feats.items()}, indent=2))
     else:
@@ -284,7 +294,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = api.predict(args.dataset, source=args.source, backbone=args.backbone,
                          images_per_label=args.images_per_label, model=args.model,
-                         tracking_uri=args.tracking_uri)
+                         tracking_uri=args.tracking_uri, storage=args.storage)
     print(json.dumps(result, indent=2) if args.json else format_recommendation(result))
     return 0
 

@@ -428,16 +428,21 @@ def train_trial(
     source_state: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     device: torch.device | str | None = None,
+    storage: str | Path | None = None,
 ) -> list[EpochMetrics]:
     """Run one trial for `epochs` (default: the experiment's) and return its per-epoch metrics.
 
-    `source_state` defaults to the experiment's source weights (trained and cached on first use).
+    `source_state` defaults to the experiment's source weights: for `source.train_on`, the model cached
+    under `<storage>/cache/sources/` by a `tunetl run` of the same experiment and `--storage` (a local
+    folder, default ./tunetl_runs), trained and cached there when absent.
     """
-    from tunetl.source import source_state_for
+    from tunetl.source import default_cache_dir, source_state_for
 
     p = params if isinstance(params, TrialParams) else TrialParams.model_validate(params)
     if source_state is None and needs_source(p.transfer_depth):
-        source_state = source_state_for(experiment)
+        cache = Path(storage) / "cache" if storage is not None else default_cache_dir()
+        source_state = source_state_for(experiment, cache,
+                                        in_channels=model_in_channels(experiment, task) if task else None)
     runner = TrialRunner(p, experiment, seed=seed, task=task, source_state=source_state, device=device)
     for _ in range(epochs or experiment.training.epochs):
         m = runner.run_epoch()

@@ -213,3 +213,21 @@ def test_round_trip_server(model: MetaModel, mlflow_server: str) -> None:
     _same_predictions(loaded, model)
     with pytest.raises(TrackingError, match="no registered model absent-model"):
         load_meta_model("absent-model", mlflow_server)
+
+
+def test_sources_survive_the_round_trip(sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records of the sources the features came from (issue 18) are stored with the model."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"task": f"t{i}", "dataset": f"t{i}", "images_per_label": 3, "last_lr": 0.01, "alpha": a,
+             "best_last_lr": math.nan, "best_lr_scale": math.nan, "best_frozen_depth": math.nan,
+             "experiments": "g", "feature.images_per_label": 3.0, "feature.similarity": s}
+            for i, (a, s) in enumerate([(0.0, 0.9), (0.01, 0.5), (0.1, 0.2)])]
+    fitted = fit_meta_model(pd.DataFrame(rows), evaluate=False)
+    record = {"source": "digits[0,1]", "backbone": "smallcnn", "sha256": "ab" * 32, "key": "0123456789abcdef",
+              "recipe": {"backbone": "smallcnn", "in_channels": 1, "epochs": 2, "seed": 0,
+                         "training": {"batch_size": 16, "augment": False, "image_size": None, "base_lr": 0.01}},
+              "storage": str(tmp_path), "file": "cache/sources/smallcnn-0123456789abcdef.pt"}
+    fitted.sources = [record]
+    log_meta_model(fitted, sqlite_uri, "meta", register="with-sources")
+    loaded, _, _ = load_meta_model("with-sources", sqlite_uri)
+    assert loaded.sources == [record]

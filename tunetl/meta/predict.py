@@ -99,6 +99,12 @@ def format_recommendation(result: Mapping[str, Any]) -> str:
     if model.get("version") is not None:
         label += f" version {model['version']}"
     lines = [f"Recommendation from {label} ({model['kind']}, {model['n_tasks']} training tasks)"]
+    source = result.get("source")
+    if source:
+        how = {"recorded": "the source its searches used", "recipe": "trained with its searches' recipe",
+               "unchecked": "not checked: the meta-model records no source"}[source["match"]]
+        digest = (source.get("sha256") or "")[:12]
+        lines.append(f"Features from {source['backbone']} source {source['source']} (weights sha256 {digest}; {how})")
     for key, value in result["recommendation"].items():
         lines.append(f"  {key:<13}{_fmt(value)}")
     lines.append("Nearest training tasks (standardised feature distance):")

@@ -394,6 +394,8 @@ class MetaModel:
         self.description = description
         self.default_last_lr = default_last_lr
         self.loto = loto
+        #: The sources the training features came from (`tunetl.meta.source_match`); set by fit-regressor.
+        self.sources: list[dict[str, Any]] = []
         tasks = task_table(table)
         self._task_names = [str(t) for t in tasks["task"]]
         x = self._task_matrix(tasks)

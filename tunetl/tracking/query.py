@@ -334,3 +334,13 @@ def metric_histories(
         steps = sorted(set().union(*[s.keys() for s in series.values()]))
         out[run_id] = pd.DataFrame({"step": steps, **{m: [series[m].get(s) for s in steps] for m in metrics}})
     return out
+
+
+def run_tags(run_ids: list[str], tracking_uri: str, prefix: str = "tunetl.") -> dict[str, dict[str, str]]:
+    """The tags (those starting with `prefix`) of each run, e.g. a search's parent-run records."""
+    client = client_for(tracking_uri)
+    out = {}
+    for run_id in run_ids:
+        tags = client.get_run(run_id).data.tags
+        out[run_id] = {k: v for k, v in tags.items() if k.startswith(prefix)}
+    return out
