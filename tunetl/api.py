@@ -71,14 +71,15 @@ def plan(
     name: str | None = None,
 ) -> Plan:
     """Load and validate an experiment completely; raises ConfigError naming the key on bad input."""
-    from tunetl.models import list_backbones
     from tunetl.search.space import SpaceError, check_space, parse_space
 
     exp = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, overrides, name)
     origin = exp.search_space_file if exp.search_space_file not in (None, "inline") else "search_space"
-    backbones = list_backbones()
-    if exp.backbone not in backbones:
-        raise ConfigError(f"backbone: unknown backbone {exp.backbone!r}; available: {', '.join(backbones)}")
+    try:
+        space = parse_space(exp.search_space, origin=origin)
+    except SpaceError as err:
+        raise ConfigError(str(err)) from None
+    stage_counts = _stage_counts(exp, space, origin)
     tasks = []
     for i, task_exp in enumerate(exp.task_experiments()):
         where = "dataset" if exp.tasks is None else f"tasks[{i}]"
@@ -92,14 +93,15 @@ def plan(
         counts.append((int(per_class[c]), f"{task.class_names[c]} of {task.name}"))
     smallest, smallest_name = min(counts)
     try:
-        space = parse_space(exp.search_space, origin=origin)
         check_space(
             space,
-            num_stages=len(backbones[exp.backbone]),
+            num_stages=stage_counts[exp.backbone],
             min_class_count=smallest,
             min_class_name=smallest_name,
             has_source=all(e.source.kind != "none" for e, _ in tasks),
             searcher=exp.searcher.type,
+            stage_counts=stage_counts,
+            default_backbone=exp.backbone,
         )
     except SpaceError as err:
         raise ConfigError(str(err)) from None
@@ -107,10 +109,33 @@ def plan(
     return Plan(experiment=exp, space=space, tasks=tasks, grid_points=len(points), skipped=skipped)
 
 
+def _stage_counts(exp: ExperimentConfig, space: Any, origin: str) -> dict[str, int]:
+    """Stages of the default backbone and of every backbone the search space names (checked to exist)."""
+    from tunetl.models import backbone_stages
+    from tunetl.search.space import values_of
+
+    counts: dict[str, int] = {}
+    for where, name in [("backbone", exp.backbone), *((f"{origin}.backbone", b) for b in values_of(space, "backbone"))]:
+        if name in counts:
+            continue
+        try:
+            counts[name] = len(backbone_stages(name))
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return counts
+
+
+def search_backbones(p: Plan) -> list[str]:
+    """The backbones a search's trials use: the space's backbone values, else the experiment's."""
+    from tunetl.search.space import values_of
+
+    return list(dict.fromkeys(values_of(p.space, "backbone"))) or [p.experiment.backbone]
+
+
 def _needs_source(p: Plan) -> bool:
     from tunetl.search.space import values_of
 
-    depths = values_of(p.space, "transfer_depth")
+    depths = values_of(p.space, "transfer_depth") + values_of(p.space, "transfer_fraction")
     return not depths or any(d is None or d > 0 for d in depths)
 
 
@@ -130,9 +155,16 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     if any(needs):
         storage.pull("cache/sources", cache / "sources")
     bundles = []
-    for (exp, task), need in zip(p.tasks, needs, strict=True):
-        state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
-        bundles.append(TaskBundle(exp, task, state, source_description(exp), task_features(exp, task, state)))
+    for (task_exp, task), need in zip(p.tasks, needs, strict=True):
+        per_backbone = {}
+        for backbone in search_backbones(p):
+            exp = task_exp.model_copy(update={"backbone": backbone})
+            state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
+            per_backbone[backbone] = TaskBundle(exp, task, state, source_description(exp),
+                                                task_features(exp, task, state))
+        first = next(iter(per_backbone.values()))
+        first.others = per_backbone
+        bundles.append(first)
     if any(needs):
         storage.push(cache / "sources", "cache/sources")
     return bundles

@@ -35,7 +35,7 @@ from tunetl.data import (
 )
 from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
-from tunetl.models import list_backbones
+from tunetl.models import backbone_stages
 from tunetl.params import ResolvedParams, TrialParams
 from tunetl.transfer import make_optimizer, prepare_model
 
@@ -144,7 +144,7 @@ class TrialRunner:
         self.amp = amp_dtype(experiment.training.amp, self.device)
         self.task = task if task is not None else load_dataset(experiment.dataset)
         training = experiment.training
-        stage_names = list_backbones()[experiment.backbone]
+        stage_names = backbone_stages(experiment.backbone)
         self.params: ResolvedParams = params.resolved(
             len(stage_names), training.base_lr, training.augment, training.optimizer
         )
@@ -169,7 +169,8 @@ class TrialRunner:
             weight_decay=training.weight_decay,
         )
         size = training.image_size or self.model.input_size
-        self.preprocess = Preprocess(size, channels, self.model.mean, self.model.std).to(self.device)
+        self.preprocess = Preprocess(size, channels, self.model.mean, self.model.std,
+                                     mode=self.model.interpolation).to(self.device)
         self.train_idx = images_per_label_indices(
             self.task.train.labels, self.params.images_per_label, seed, self.task.class_names
         )

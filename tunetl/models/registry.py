@@ -215,6 +215,12 @@ def _build_timm(
         )
     model.interpolation = parts.interpolation
     model.torchvision_keys = torchvision_key_map(parts.source, model)
+    clf = parts.classifier
+    if clf is not None and isinstance(model.head, torch.nn.Linear) and model.head.weight.shape == clf["weight"].shape:
+        # timm's ImageNet classifier as the head, so LEEP sees the source's own predictions.
+        with torch.no_grad():
+            model.head.weight.copy_(clf["weight"])
+            model.head.bias.copy_(clf["bias"])
     if staged_file is not None:
         apply_weights(model, staged_file, source=f"weights file {weights}")
     return model

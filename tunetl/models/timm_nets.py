@@ -67,6 +67,8 @@ class TimmParts:
     std: tuple[float, ...]
     interpolation: str
     source: nn.Module
+    #: timm's pretrained classifier (`weight`, `bias`) when it was asked for and is a Linear layer.
+    classifier: dict[str, torch.Tensor] | None = None
 
 
 class _Chain(nn.Module):
@@ -144,7 +146,7 @@ def _is_vit(model: nn.Module) -> bool:
 
 
 def _create(name: str, *, in_channels: int, pretrained: bool = False, file: str | None = None,
-            meta: bool = False) -> nn.Module:
+            meta: bool = False, keep_classifier: bool = False) -> nn.Module:
     import timm
 
     if not timm.is_model(name.split(".")[0]):
@@ -152,7 +154,9 @@ def _create(name: str, *, in_channels: int, pretrained: bool = False, file: str 
             f"backbone {PREFIX}{name}: timm has no model {name.split('.')[0]!r}; list them with "
             "python -c \"import timm; print(timm.list_models('resnet*'))\""
         )
-    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
+    kwargs: dict[str, Any] = {"in_chans": in_channels}
+    if not keep_classifier:
+        kwargs["num_classes"] = 0
     arch = timm.models.get_arch_name(name) if hasattr(timm.models, "get_arch_name") else name.split(".")[0]
     if arch.startswith(("vit_", "deit_", "eva", "beit")):
         kwargs["dynamic_img_size"] = True
@@ -246,7 +250,14 @@ def _image_size(cfg: dict[str, Any]) -> int:
 def timm_parts(backbone: str, in_channels: int, *, pretrained: bool = False, file: str | None = None) -> TimmParts:
     """Build timm's model (random init, its pretrained weights, or a file in timm's layout) in stages."""
     name = timm_name(backbone)
-    model = _create(name, in_channels=in_channels, pretrained=pretrained, file=file)
+    keep = pretrained and file is None
+    model = _create(name, in_channels=in_channels, pretrained=pretrained, file=file, keep_classifier=keep)
+    classifier = None
+    if keep:
+        found = model.get_classifier()
+        if isinstance(found, nn.Linear):
+            classifier = {"weight": found.weight.detach().clone(), "bias": found.bias.detach().clone()}
+        model.reset_classifier(0)
     stages, neck = _split(model)
     _check_split(backbone, model, stages)
     cfg = dict(model.pretrained_cfg)
@@ -260,6 +271,7 @@ def timm_parts(backbone: str, in_channels: int, *, pretrained: bool = False, fil
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
         interpolation=str(cfg.get("interpolation", "bilinear")),
         source=model,
+        classifier=classifier,
     )
 
 
