@@ -528,6 +528,55 @@ def features(dataset: str, source: str | None = None, backbone: str = "smallcnn"
     return subset_features(task_features(exp, task, state), images_per_label)
 
 
+def rank_backbones(
+    dataset: str,
+    backbones: list[str],
+    *,
+    images_per_label: int | None = None,
+    source: str | None = "imagenet",
+    image_size: int | None = None,
+    by: str = "logme",
+    experiment: str | None = "tunetl-rank",
+    tracking_uri: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
+    """`tunetl rank`: every backbone scored on the target in one forward pass, best first; recorded in MLflow
+    (experiment `experiment`, None = not recorded). Returns the table and the MLflow run id."""
+    from tunetl.data import DatasetSpec
+    from tunetl.meta.rank import rank_backbones as rank_all
+    from tunetl.models import backbone_stages
+    from tunetl.models.weights import WeightsError
+
+    try:
+        spec = DatasetSpec.parse(dataset)
+    except ValueError as err:
+        raise ConfigError(f"--dataset {dataset!r}: {err}") from None
+    for name in backbones:
+        try:
+            backbone_stages(name)
+        except ValueError as err:
+            raise ConfigError(f"--backbones: {err}") from None
+    if images_per_label is not None and images_per_label < 2:
+        raise ConfigError("--images-per-label: LogME and H-score need at least 2 images per class")
+    task = _load(spec, "--dataset")
+    try:
+        table = rank_all(backbones, task, images_per_label=images_per_label, source=source_spec(source),
+                         image_size=image_size, by=by)
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+    except WeightsError:
+        raise
+    run_id = None
+    if experiment:
+        from tunetl.tracking import resolve_tracking_uri
+        from tunetl.tracking.ranking import log_ranking
+
+        params = {"dataset": task.name, "backbones": ",".join(backbones), "by": by,
+                  "images": int(table["images"].iloc[0]), "source": source or "imagenet",
+                  "image_size": image_size or "native"}
+        run_id = log_ranking(resolve_tracking_uri(tracking_uri), table, params, experiment)
+    return table, run_id
+
+
 def fit_regressor(
     experiments: list[str], tracking_uri: str | None = None, register: str | None = None
 ) -> tuple[Any, str, int | None, pd.DataFrame]:

@@ -271,3 +271,34 @@ def label_features(labels: np.ndarray, num_classes: int | None = None) -> dict[s
         "num_classes": float(k),
         "num_images": float(y.size),
     }
+
+
+def nce(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """NCE (Tran et al. 2019): negative conditional entropy -H(Y | Z) of the target label given the source
+    model's predicted class Z = argmax of its outputs, in [-H(Y), 0]; higher = more transferable."""
+    theta = _as_matrix(source_probs, "source_probs")
+    y = _as_labels(labels, theta.shape[0])
+    z = theta.argmax(axis=1)
+    joint = np.zeros((int(z.max()) + 1, int(y.max()) + 1))
+    np.add.at(joint, (z, y), 1.0)
+    joint /= joint.sum()
+    pz = joint.sum(axis=1, keepdims=True)
+    cond = np.divide(joint, pz, out=np.zeros_like(joint), where=pz > 0)
+    mask = joint > 0
+    return float(np.sum(joint[mask] * np.log(cond[mask])))
+
+
+def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: float = 1e-3) -> float:
+    """H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E[f | y])), how well class-conditional means of the
+    features separate relative to their overall spread; higher = more transferable. A small ridge
+    (`shrinkage` times the mean variance) keeps the covariance invertible when features outnumber images."""
+    f = _as_matrix(features, "features").astype(np.float64)
+    y = _as_labels(labels, f.shape[0])
+    f = f - f.mean(axis=0, keepdims=True)
+    cov = f.T @ f / f.shape[0]
+    cov += np.eye(cov.shape[0]) * shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    means = np.zeros_like(f)
+    for c in np.unique(y):
+        means[y == c] = f[y == c].mean(axis=0)
+    cov_g = means.T @ means / f.shape[0]
+    return float(np.trace(np.linalg.solve(cov, cov_g)))
