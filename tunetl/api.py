@@ -132,6 +132,31 @@ def search_backbones(p: Plan) -> list[str]:
     return list(dict.fromkeys(values_of(p.space, "backbone"))) or [p.experiment.backbone]
 
 
+def _prune_backbones(p: Plan, bundles: list[Any]) -> dict[str, str]:
+    """`searcher.prune_backbones: k`: keep the k backbones whose zero-shot score (mean over tasks of
+    `feature.<prune_by>`, from each backbone's source weights) is highest; the space's backbone axis is cut
+    to them and the scores become parent-run tags."""
+    from tunetl.meta.rank import rank_from_features
+    from tunetl.search.space import Dist
+
+    k = p.experiment.searcher.prune_backbones
+    names = search_backbones(p)
+    if not k or "backbone" not in p.space.dims or len(names) <= k:
+        return {}
+    by = p.experiment.searcher.prune_by
+    key = f"feature.{by}"
+    scores = {b: float(np.nanmean([bundle.for_backbone(b).features.get(key, np.nan) for bundle in bundles]))
+              for b in names}
+    kept = rank_from_features({b: {key: s} for b, s in scores.items()}, by)[:k]
+    p.space.dims["backbone"] = Dist("grid", tuple(b for b in names if b in kept))
+    points, p.skipped = p.space.grid_points()
+    p.grid_points = len(points)
+    print(f"[tunetl] prune_backbones: kept {kept} of {names} by {by} "
+          f"({', '.join(f'{b}: {s:.4g}' for b, s in scores.items())})", flush=True)
+    return {"tunetl.prune_backbones.kept": json.dumps(kept),
+            "tunetl.prune_backbones.scores": json.dumps({"by": by, **scores})}
+
+
 def _needs_source(p: Plan) -> bool:
     from tunetl.search.space import values_of
 
@@ -245,6 +270,7 @@ def run(
     rn.check_storage(store)
     rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
+    prune_tags = _prune_backbones(p, bundles)
     recorder = SearchRecorder(uri, exp.name)
     run_name = run_name or f"{exp.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
@@ -259,7 +285,7 @@ def run(
             rn.write_state(store, run_name, {**state, "finished": False})
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
-                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p)})
+                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p), **prune_tags})
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
                                              "config": exp.model_dump(mode="json")})

@@ -97,6 +97,10 @@ class SearcherConfig(_Strict):
     num_samples: int = Field(default=1, ge=1)
     seed: int = 0
     warm_start: str | None = None
+    #: Keep only the k backbones of the space's `backbone` axis that score best zero-shot (`prune_by`,
+    #: computed with each backbone's source weights on the target before any trial).
+    prune_backbones: int | None = Field(default=None, ge=1)
+    prune_by: Literal["logme", "leep"] = "logme"
 
 
 class ResourcesConfig(_Strict):

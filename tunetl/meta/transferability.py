@@ -288,15 +288,17 @@ def nce(source_probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(joint[mask] * np.log(cond[mask])))
 
 
-def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: float = 1e-3) -> float:
-    """H-score (Bao et al. 2019): tr(cov(f)^-1 cov(E[f | y])), how well class-conditional means of the
-    features separate relative to their overall spread; higher = more transferable. A small ridge
-    (`shrinkage` times the mean variance) keeps the covariance invertible when features outnumber images."""
+def h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """Shrinkage H-score (Bao et al. 2019; Ibrahim et al. 2022): tr(cov(f)^-1 cov(E[f | y])), how well the
+    class-conditional means of the features separate relative to their overall spread; higher = more
+    transferable. The covariance is Ledoit-Wolf shrunk: with more feature dimensions than images (1280-d
+    pooled features, a few hundred images) the plain estimate is singular and every backbone scores K-1."""
+    from sklearn.covariance import LedoitWolf
+
     f = _as_matrix(features, "features").astype(np.float64)
     y = _as_labels(labels, f.shape[0])
     f = f - f.mean(axis=0, keepdims=True)
-    cov = f.T @ f / f.shape[0]
-    cov += np.eye(cov.shape[0]) * shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    cov = LedoitWolf(assume_centered=True).fit(f).covariance_
     means = np.zeros_like(f)
     for c in np.unique(y):
         means[y == c] = f[y == c].mean(axis=0)
