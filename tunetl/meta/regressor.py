@@ -229,7 +229,7 @@ def meta_dataset(frame: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFr
         for ll, alpha, acc in alphas.get(key) or [(math.nan, math.nan, math.nan)]:
             out.append({**base, "last_lr": ll, "alpha": alpha, "max_acc": acc, **targets, **extra})
     meta = pd.DataFrame(out)
-    order = ["dataset", "source", "images_per_label", "last_lr"]
+    order = ["dataset", "source", "backbone", "images_per_label", "last_lr"]
 
     def sort_key(series: pd.Series) -> pd.Series:
         return series.map(ipl_sort_key) if series.name == "images_per_label" else series
