@@ -429,10 +429,11 @@ def rank(frame: pd.DataFrame, *, metric: str = "val_acc", top: int = 5,
 
 
 def best_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table `tunetl run` ends with: the best config per images-per-label when that was searched."""
+    """The table `tunetl run` ends with: the best config per backbone and images-per-label, where searched."""
     if frame.empty:
         return frame
-    group = ["images_per_label"] if frame["images_per_label"].astype(str).nunique() > 1 else None
+    group = [c for c in ("backbone", "images_per_label") if c in frame.columns
+             and frame[c].astype(str).nunique() > 1] or None
     return rank(frame, metric="best_val_acc", top=1 if group else 5, group_by=group)
 
 
