@@ -72,7 +72,8 @@ def train_source(
     if target_channels is None:
         target_channels = model_in_channels(experiment, load_dataset(experiment.dataset))
     cache = Path(cache_dir) / "sources"
-    path = cache / f"{experiment.backbone}-{source_key(experiment, target_channels)}.pt"
+    # timm names hold a "/": one flat file name per backbone.
+    path = cache / f"{experiment.backbone.replace('/', '__')}-{source_key(experiment, target_channels)}.pt"
     if path.exists():
         return path
     source_exp = experiment.model_copy(update={"dataset": src.train_on})
