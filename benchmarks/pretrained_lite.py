@@ -1,7 +1,8 @@
 """Real pretrained weights on a real task, offline: EfficientNet-Lite on MNIST-5k.
 
 Part 1: ImageNet-pretrained Lite0 fine-tuned vs the same network from scratch vs a frozen linear probe,
-at several images per label. Part 2: `tunetl rank`'s zero-shot scores vs fine-tuned accuracy over four
+at several images per label. Part 2: `tunetl rank`'s zero-shot scores vs trained accuracy (`--part2-recipe`:
+full fine-tuning, or the linear probe) over four
 candidate sources (Lite0/1/2 with ImageNet weights, and Lite0 with random weights as a no-pretraining
 control), with Kendall's tau. Every run is one `TrialRunner` (no Ray, no MLflow), so the numbers are the
 trial code's own. Inputs are resized to `--image-size` (default 96 px) to fit a shared CPU.
@@ -68,6 +69,9 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--rank-images-per-label", type=int, default=20)
     ap.add_argument("--skip-part2", action="store_true")
+    ap.add_argument("--skip-part1", action="store_true")
+    ap.add_argument("--part2-recipe", default="pretrained", choices=sorted(RECIPES),
+                    help="how each candidate is trained for part 2 (linear_probe is far cheaper on a CPU)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows: list[dict[str, Any]] = []
@@ -81,7 +85,7 @@ def main() -> None:
     task = load_dataset(exp0.dataset)
     states = {b: {k: v.detach() for k, v in build(b, 1000, weights="imagenet").state_dict().items()}
               for b in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")}
-    for ipl in args.sizes:
+    for ipl in [] if args.skip_part1 else args.sizes:
         for recipe in RECIPES:
             for seed in args.seeds:
                 rows.append(train(exp0, task, states["efficientnet_lite0"], recipe, ipl, seed))
@@ -102,9 +106,10 @@ def main() -> None:
         scores["source"] = source
         # The random control has a random 1000-class head: its LEEP/NCE are computed but mean nothing more.
         exp = experiment(backbone, args.epochs, args.image_size, args.val_fraction)
-        done = [r for r in rows if r["backbone"] == backbone and r["recipe"] == "pretrained" and source == "imagenet"
+        recipe = args.part2_recipe
+        done = [r for r in rows if r["backbone"] == backbone and r["recipe"] == recipe and source == "imagenet"
                 and r["images_per_label"] == ipl]
-        runs = done or [train(exp, task, state, "pretrained", ipl, s) for s in args.seeds]
+        runs = done or [train(exp, task, state, recipe, ipl, s) for s in args.seeds]
         scores["fine_tuned_acc"] = float(np.mean([r["final_val_acc"] for r in runs]))
         if not done:
             rows.extend({**r, "source": source} for r in runs)
