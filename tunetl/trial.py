@@ -138,6 +138,9 @@ class TrialRunner:
         feature_cache: FeatureCacheMode | None = None,
         feature_cache_dir: str | Path | None = None,
     ) -> None:
+        if params.backbone is not None and params.backbone != experiment.backbone:
+            # The search space chose the backbone: the trial runs the experiment with it.
+            experiment = experiment.model_copy(update={"backbone": params.backbone})
         self.experiment = experiment
         self.seed = seed
         self.device = torch.device(device) if device is not None else pick_device(experiment.resources.gpu)
