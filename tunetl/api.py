@@ -73,15 +73,16 @@ def plan(
     name: str | None = None,
 ) -> Plan:
     """Load and validate an experiment completely; raises ConfigError naming the key on bad input."""
-    from tunetl.models import list_backbones
     from tunetl.search.recipe import check_recipe
     from tunetl.search.space import SpaceError, check_space, parse_space
 
     exp = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, overrides, name)
     origin = exp.search_space_file if exp.search_space_file not in (None, "inline") else "search_space"
-    backbones = list_backbones()
-    if exp.backbone not in backbones:
-        raise ConfigError(f"backbone: unknown backbone {exp.backbone!r}; available: {', '.join(backbones)}")
+    try:
+        space = parse_space(exp.search_space, origin=origin)
+    except SpaceError as err:
+        raise ConfigError(str(err)) from None
+    stage_counts = _stage_counts(exp, space, origin)
     tasks = []
     for i, task_exp in enumerate(exp.task_experiments()):
         where = "dataset" if exp.tasks is None else f"tasks[{i}]"
@@ -101,14 +102,15 @@ def plan(
         counts.append((int(per_class[c]), f"{task.class_names[c]} of {task.name}"))
     smallest, smallest_name = min(counts)
     try:
-        space = parse_space(exp.search_space, origin=origin)
         check_space(
             space,
-            num_stages=len(backbones[exp.backbone]),
+            num_stages=stage_counts[exp.backbone],
             min_class_count=smallest,
             min_class_name=smallest_name,
             has_source=all(e.source.kind != "none" for e, _ in tasks),
             searcher=exp.searcher.type,
+            stage_counts=stage_counts,
+            default_backbone=exp.backbone,
         )
         check_recipe(space, exp.training)
     except SpaceError as err:
@@ -152,6 +154,54 @@ def _check_local_run(exp: ExperimentConfig, address: str | None, num_cpus: int |
         )
 
 
+def _stage_counts(exp: ExperimentConfig, space: Any, origin: str) -> dict[str, int]:
+    """Stages of the default backbone and of every backbone the search space names (checked to exist)."""
+    from tunetl.models import backbone_stages
+    from tunetl.search.space import values_of
+
+    counts: dict[str, int] = {}
+    for where, name in [("backbone", exp.backbone), *((f"{origin}.backbone", b) for b in values_of(space, "backbone"))]:
+        if name in counts:
+            continue
+        try:
+            counts[name] = len(backbone_stages(name))
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return counts
+
+
+def search_backbones(p: Plan) -> list[str]:
+    """The backbones a search's trials use: the space's backbone values, else the experiment's."""
+    from tunetl.search.space import values_of
+
+    return list(dict.fromkeys(values_of(p.space, "backbone"))) or [p.experiment.backbone]
+
+
+def _prune_backbones(p: Plan, bundles: list[Any]) -> dict[str, str]:
+    """`searcher.prune_backbones: k`: keep the k backbones whose zero-shot score (mean over tasks of
+    `feature.<prune_by>`, from each backbone's source weights) is highest; the space's backbone axis is cut
+    to them and the scores become parent-run tags."""
+    from tunetl.meta.rank import rank_from_features
+    from tunetl.search.space import Dist
+
+    k = p.experiment.searcher.prune_backbones
+    names = search_backbones(p)
+    if not k or "backbone" not in p.space.dims or len(names) <= k:
+        return {}
+    by = p.experiment.searcher.prune_by
+    key = f"feature.{by}"
+    scores = {b: float(np.nanmean([bundle.for_backbone(b).features.get(key, np.nan) for bundle in bundles]))
+              for b in names}
+    kept = rank_from_features({b: {key: s} for b, s in scores.items()}, by)[:k]
+    p.space.dims["backbone"] = Dist("grid", tuple(b for b in names if b in kept))
+    points, p.skipped = p.space.grid_points()
+    p.grid_points = len(points)
+    print(f"[tunetl] prune_backbones: kept {kept} of {names} by {by} "
+          f"({', '.join(f'{b}: {s:.4g}' for b, s in scores.items())})", flush=True)
+    return {"tunetl.prune_backbones.kept": json.dumps(kept),
+            "tunetl.prune_backbones.scores": json.dumps({"by": by, **scores})}
+
+
 def _needs_source(p: Plan) -> bool:
     from tunetl.search.space import space_needs_source
 
@@ -174,11 +224,17 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     if any(needs):
         storage.pull("cache/sources", cache / "sources")
     bundles = []
-    for (exp, task), need in zip(p.tasks, needs, strict=True):
-        state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
-        # Trials never receive the test split: it is stripped before the bundle goes to Ray.
-        bundles.append(TaskBundle(exp, task.without_test(), state, source_description(exp),
-                                  task_features(exp, task, state)))
+    for (task_exp, task), need in zip(p.tasks, needs, strict=True):
+        per_backbone = {}
+        for backbone in search_backbones(p):
+            exp = task_exp.model_copy(update={"backbone": backbone})
+            state = source_state_for(exp, cache, in_channels=model_in_channels(exp, task)) if need else None
+            # Trials never receive the test split: it is stripped before the bundle goes to Ray.
+            per_backbone[backbone] = TaskBundle(exp, task.without_test(), state, source_description(exp),
+                                                task_features(exp, task, state))
+        first = next(iter(per_backbone.values()))
+        first.others = per_backbone
+        bundles.append(first)
     if any(needs):
         storage.push(cache / "sources", "cache/sources")
     return bundles
@@ -296,6 +352,7 @@ def run(
     rn.check_storage(store)
     rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
+    prune_tags = _prune_backbones(p, bundles)
     recorder = SearchRecorder(uri, exp.name)
     run_name = run_name or rn.new_run_name(exp.name)
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
@@ -319,7 +376,7 @@ def run(
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
                                            tags={"tunetl.storage": str(run_path), **_skipped_tag(p),
-                                                 **_source_tags(bundles, store)})
+                                                 **_source_tags(bundles, store), **prune_tags})
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
                                              "config": exp.model_dump(mode="json")})
@@ -548,10 +605,11 @@ def rank(frame: pd.DataFrame, *, metric: str = "best_val_acc", top: int = 5,
 
 
 def best_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table `tunetl run` ends with: the best config per images-per-label when that was searched."""
+    """The table `tunetl run` ends with: the best config per backbone and images-per-label, where searched."""
     if frame.empty:
         return frame
-    group = ["images_per_label"] if frame["images_per_label"].astype(str).nunique() > 1 else None
+    group = [c for c in ("backbone", "images_per_label") if c in frame.columns
+             and frame[c].astype(str).nunique() > 1] or None
     return rank(frame, metric="best_val_acc", top=1 if group else 5, group_by=group)
 
 
@@ -697,6 +755,55 @@ def features(dataset: str, source: str | None = None, backbone: str | None = Non
         records = getattr(load_meta_model(model, resolve_tracking_uri(tracking_uri))[0], "sources", None)
     return source_features(dataset, source, backbone, storage=storage, images_per_label=images_per_label,
                            records=records)[0]
+
+
+def rank_backbones(
+    dataset: str,
+    backbones: list[str],
+    *,
+    images_per_label: int | None = None,
+    source: str | None = "imagenet",
+    image_size: int | None = None,
+    by: str = "logme",
+    experiment: str | None = "tunetl-rank",
+    tracking_uri: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
+    """`tunetl rank`: every backbone scored on the target in one forward pass, best first; recorded in MLflow
+    (experiment `experiment`, None = not recorded). Returns the table and the MLflow run id."""
+    from tunetl.data import DatasetSpec
+    from tunetl.meta.rank import rank_backbones as rank_all
+    from tunetl.models import backbone_stages
+    from tunetl.models.weights import WeightsError
+
+    try:
+        spec = DatasetSpec.parse(dataset)
+    except ValueError as err:
+        raise ConfigError(f"--dataset {dataset!r}: {err}") from None
+    for name in backbones:
+        try:
+            backbone_stages(name)
+        except ValueError as err:
+            raise ConfigError(f"--backbones: {err}") from None
+    if images_per_label is not None and images_per_label < 2:
+        raise ConfigError("--images-per-label: LogME and H-score need at least 2 images per class")
+    task = _load(spec, "--dataset")
+    try:
+        table = rank_all(backbones, task, images_per_label=images_per_label, source=source_spec(source),
+                         image_size=image_size, by=by)
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+    except WeightsError:
+        raise
+    run_id = None
+    if experiment:
+        from tunetl.tracking import resolve_tracking_uri
+        from tunetl.tracking.ranking import log_ranking
+
+        params = {"dataset": task.name, "backbones": ",".join(backbones), "by": by,
+                  "images": int(table["images"].iloc[0]), "source": source or "imagenet",
+                  "image_size": image_size or "native"}
+        run_id = log_ranking(resolve_tracking_uri(tracking_uri), table, params, experiment)
+    return table, run_id
 
 
 def fit_regressor(

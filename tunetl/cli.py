@@ -137,7 +137,23 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the backbones and their stages")
     p.add_argument("--json", action="store_true")
+    p.add_argument("names", nargs="*", help="also show these (e.g. timm/convnext_atto) with their stages")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("rank", help="rank pretrained backbones on a dataset without training (LogME, H-score, "
+                       "LEEP, NCE)")
+    p.add_argument("--dataset", required=True, help="builtin:NAME, builtin:NAME[a,b,...] or an ImageFolder path")
+    p.add_argument("--backbones", required=True, nargs="+", help="backbone names, e.g. efficientnet_lite0 "
+                   "timm/resnet18.a1_in1k")
+    p.add_argument("--images-per-label", type=int, help="images per class scored (default 50)")
+    p.add_argument("--source", default="imagenet", help="imagenet (default) or a weights file")
+    p.add_argument("--image-size", type=int, help="input size (default: each backbone's own)")
+    p.add_argument("--by", default="logme", choices=["logme", "hscore", "leep", "nce"])
+    p.add_argument("--experiment", default="tunetl-rank", help="MLflow experiment the ranking is recorded in")
+    p.add_argument("--no-record", action="store_true", help="do not record the ranking in MLflow")
+    _add_uri(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rank)
     return ap
 
 
@@ -322,14 +338,44 @@ def cmd_export_model(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from tunetl.models import list_backbones
+    from tunetl.config import ConfigError
+    from tunetl.models import backbone_stages, list_backbones
+    from tunetl.models.registry import OFFLINE_IMAGENET
 
     table = list_backbones()
+    for name in args.names:
+        try:
+            table[name] = backbone_stages(name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if args.json:
         print(json.dumps(table, indent=2))
-    else:
-        for name, stages in table.items():
-            print(f"{name:20s} {len(stages)} stages: {', '.join(stages)}")
+        return 0
+    for name, stages in table.items():
+        offline = "  [imagenet weights offline]" if name in OFFLINE_IMAGENET else ""
+        print(f"{name:28s} {len(stages)} stages: {', '.join(stages)}{offline}")
+    print("\nAny timm model: backbone timm/<name>, e.g. timm/resnet18.a1_in1k, timm/convnext_atto, "
+          "timm/vit_tiny_patch16_224 (name[.pretrained_tag] as timm.list_models / list_pretrained print it); "
+          "`tunetl backbones timm/<name>` shows its stages. Its imagenet weights come from the Hugging Face "
+          "cache (downloaded when online).")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from tunetl import api
+
+    table, run_id = api.rank_backbones(
+        args.dataset, args.backbones, images_per_label=args.images_per_label, source=args.source,
+        image_size=args.image_size, by=args.by, experiment=None if args.no_record else args.experiment,
+        tracking_uri=args.tracking_uri,
+    )
+    if args.json:
+        print(json.dumps({"run_id": run_id, "ranking": json.loads(table.to_json(orient="records"))}, indent=2))
+        return 0
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    total = float(table["seconds"].sum())
+    print(f"\n{len(table)} backbone(s) on {int(table['images'].iloc[0])} images in {total:.1f} s"
+          + (f"; recorded in MLflow run {run_id}" if run_id else ""))
     return 0
 
 

@@ -196,6 +196,11 @@ class SearcherConfig(_Strict):
             raise ValueError(f"objectives: several objectives need type: optuna (got type: {self.type})")
         return self
 
+    #: Keep only the k backbones of the space's `backbone` axis that score best zero-shot (`prune_by`,
+    #: computed with each backbone's source weights on the target before any trial).
+    prune_backbones: int | None = Field(default=None, ge=1)
+    prune_by: Literal["logme", "leep"] = "logme"
+
     @property
     def warm_starts(self) -> list[str]:
         ws = self.warm_start

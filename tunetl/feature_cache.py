@@ -127,6 +127,7 @@ def prefix_key(
         repr((preprocess.size, preprocess.in_channels)),
         repr(preprocess.mean.flatten().tolist()),
         repr(preprocess.std.flatten().tolist()),
+        *([repr(preprocess.mode)] if getattr(preprocess, "mode", "bilinear") != "bilinear" else []),
         dataset,
         split,
         images_fingerprint(images),

@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 #: Search-space keys, in the order they are shown in tables.
 SEARCH_PARAMS: tuple[str, ...] = (
     "condition",
+    "backbone",
     "transfer_depth",
     "frozen_depth",
+    "transfer_fraction",
+    "frozen_fraction",
     "images_per_label",
     "base_lr",
     "inner_lr",
@@ -104,6 +107,12 @@ def needs_source(transfer_depth: int | None) -> bool:
     return transfer_depth is None or transfer_depth > 0
 
 
+def depth_from_fraction(fraction: float, num_stages: int) -> int:
+    """A depth given as a fraction of the backbone's stages: `fraction * num_stages` rounded half up,
+    so 0.5 of 5 stages is 3 and 0.5 of 4 is 2; 0 and 1 are always none and all stages."""
+    return int(math.floor(fraction * num_stages + 0.5))
+
+
 class TrialParams(BaseModel):
     """One trial's transfer recipe; `None` means "use the experiment's default".
 
@@ -116,8 +125,14 @@ class TrialParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     condition: str | None = None
+    #: The trial's backbone when the search space varies it; None = the experiment's `backbone`.
+    backbone: str | None = None
     transfer_depth: int | None = Field(default=None, ge=0)
     frozen_depth: int = Field(default=0, ge=0)
+    #: Depths as a fraction of the backbone's stages (carry across backbones of different depth);
+    #: each excludes its integer counterpart.
+    transfer_fraction: float | None = Field(default=None, ge=0, le=1)
+    frozen_fraction: float | None = Field(default=None, ge=0, le=1)
     images_per_label: int | Literal["all"] = "all"
     base_lr: float | None = Field(default=None, ge=0)
     inner_lr: float | None = Field(default=None, ge=0)
@@ -163,6 +178,33 @@ class TrialParams(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _depth_or_fraction(self) -> TrialParams:
+        if self.transfer_fraction is not None and self.transfer_depth is not None:
+            raise ValueError("give transfer_depth or transfer_fraction, not both")
+        if self.frozen_fraction is not None and "frozen_depth" in self.model_fields_set:
+            raise ValueError("give frozen_depth or frozen_fraction, not both")
+        if (
+            self.transfer_fraction is not None
+            and self.frozen_fraction is not None
+            and self.frozen_fraction > self.transfer_fraction
+        ):
+            raise ValueError(
+                f"frozen_fraction ({self.frozen_fraction}) > transfer_fraction ({self.transfer_fraction}): "
+                "only transferred stages can be frozen"
+            )
+        return self
+
+    def depths(self, num_stages: int) -> tuple[int | None, int]:
+        """(transfer_depth, frozen_depth) on a backbone of `num_stages` stages, fractions rounded."""
+        td = self.transfer_depth
+        if self.transfer_fraction is not None:
+            td = depth_from_fraction(self.transfer_fraction, num_stages)
+        fd = self.frozen_depth
+        if self.frozen_fraction is not None:
+            fd = depth_from_fraction(self.frozen_fraction, num_stages)
+        return td, fd
+
+    @model_validator(mode="after")
     def _frozen_within_transferred(self) -> TrialParams:
         if self.transfer_depth is not None and self.frozen_depth > self.transfer_depth:
             raise ValueError(
@@ -192,11 +234,12 @@ class TrialParams(BaseModel):
             raise ValueError(
                 exclusive_multipliers_error(str(list(self.stage_multipliers)), "training.layer_decay")
             )
-        depth = num_stages if self.transfer_depth is None else self.transfer_depth
+        td, frozen = self.depths(num_stages)
+        depth = num_stages if td is None else td
         if depth > num_stages:
             raise ValueError(f"transfer_depth={depth} but the backbone has {num_stages} stages")
-        if self.frozen_depth > depth:
-            raise ValueError(f"frozen_depth ({self.frozen_depth}) > transfer_depth ({depth})")
+        if frozen > depth:
+            raise ValueError(f"frozen_depth ({frozen}) > transfer_depth ({depth})")
         mults = self.stage_multipliers if self.stage_multipliers is not None else (1.0,) * num_stages
         if recipe["layer_decay"] is not None:
             mults = layer_decay_multipliers(recipe["layer_decay"], num_stages)
@@ -207,8 +250,11 @@ class TrialParams(BaseModel):
         base = self.base_lr if self.base_lr is not None else base_lr
         return ResolvedParams(
             condition=self.condition,
+            backbone=self.backbone,
             transfer_depth=depth,
-            frozen_depth=self.frozen_depth,
+            frozen_depth=frozen,
+            transfer_fraction=self.transfer_fraction,
+            frozen_fraction=self.frozen_fraction,
             images_per_label=self.images_per_label,
             base_lr=base,
             inner_lr=self.inner_lr if self.inner_lr is not None else base,
@@ -234,8 +280,11 @@ class ResolvedParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     condition: str | None
+    backbone: str | None = None
     transfer_depth: int
     frozen_depth: int
+    transfer_fraction: float | None = None
+    frozen_fraction: float | None = None
     images_per_label: int | Literal["all"]
     base_lr: float
     inner_lr: float

@@ -72,7 +72,9 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def source_file(experiment: ExperimentConfig, cache_dir: Path | str, in_channels: int) -> Path:
     """Where a source trained on `source.train_on` is cached: `<cache_dir>/sources/<backbone>-<key>.pt`."""
-    return Path(cache_dir) / "sources" / f"{experiment.backbone}-{source_key(experiment, in_channels)}.pt"
+    # timm names hold a "/": one flat file name per backbone.
+    flat = experiment.backbone.replace("/", "__")
+    return Path(cache_dir) / "sources" / f"{flat}-{source_key(experiment, in_channels)}.pt"
 
 
 def source_description(experiment: ExperimentConfig) -> str:

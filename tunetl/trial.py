@@ -37,7 +37,7 @@ from tunetl.data.policies import make_augmenter
 from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
 from tunetl.mixing import BatchMixer
-from tunetl.models import list_backbones
+from tunetl.models import backbone_stages
 from tunetl.params import ResolvedParams, TrialParams, needs_source
 from tunetl.schedule import build_lr_schedule
 from tunetl.transfer import make_optimizer, prepare_model
@@ -151,13 +151,16 @@ class TrialRunner:
         feature_cache: FeatureCacheMode | None = None,
         feature_cache_dir: str | Path | None = None,
     ) -> None:
+        if params.backbone is not None and params.backbone != experiment.backbone:
+            # The search space chose the backbone: the trial runs the experiment with it.
+            experiment = experiment.model_copy(update={"backbone": params.backbone})
         self.experiment = experiment
         self.seed = seed
         self.device = torch.device(device) if device is not None else pick_device(experiment.resources.gpu)
         self.amp = amp_dtype(experiment.training.amp, self.device)
         self.task = task if task is not None else load_dataset(experiment.dataset)
         training = experiment.training
-        stage_names = list_backbones()[experiment.backbone]
+        stage_names = backbone_stages(experiment.backbone)
         self.params: ResolvedParams = params.resolved(
             len(stage_names), training.base_lr, training.augment, training.optimizer, **training.recipe_defaults()
         )
@@ -186,7 +189,8 @@ class TrialRunner:
             self.optimizer, self.params.lr_schedule, self.params.warmup_epochs, training.epochs
         )
         size = training.image_size or self.model.input_size
-        self.preprocess = Preprocess(size, channels, self.model.mean, self.model.std).to(self.device)
+        self.preprocess = Preprocess(size, channels, self.model.mean, self.model.std,
+                                     mode=self.model.interpolation).to(self.device)
         self.train_idx = images_per_label_indices(
             self.task.train.labels, self.params.images_per_label, seed, self.task.class_names
         )

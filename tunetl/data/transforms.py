@@ -41,8 +41,11 @@ class Preprocess(nn.Module):
         in_channels: int,
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
+        mode: Literal["bilinear", "bicubic"] = "bilinear",
     ) -> None:
         super().__init__()
+        # timm models name their own interpolation; anything F.interpolate cannot antialias is bilinear.
+        self.mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
@@ -63,13 +66,13 @@ class Preprocess(nn.Module):
         elif channels != self.in_channels and channels != 1:
             raise ValueError(f"cannot convert {channels}-channel images to {self.in_channels} channels")
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=self.size, mode=self.mode, align_corners=False, antialias=True)
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, in_channels={self.in_channels}"
+        return f"size={self.size}, in_channels={self.in_channels}, mode={self.mode}"
 
 
 def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -3,7 +3,8 @@ freezing heuristic and source/target swap averages.
 
 Input is the trials frame of docs/architecture.md (one row per trial). Only FINISHED rows with a
 finite metric count. Accuracies are fractions in the frame; every table column that holds percent
-ends in `_pct`. A *task* is (dataset, source, images_per_label) by default (`task_cols`); columns
+ends in `_pct`. A *task* is (dataset, source, backbone, images_per_label) by default (`task_cols`: a search over
+backbones compares each backbone's recipes separately); columns
 absent from the frame are skipped, missing values (no source) form their own group.
 `images_per_label` is normalised to int with "all" -> -1 (the frame's convention) and sorted last.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_METRIC = "best_val_acc"
-DEFAULT_TASK_COLS: tuple[str, ...] = ("dataset", "source", "images_per_label")
+DEFAULT_TASK_COLS: tuple[str, ...] = ("dataset", "source", "backbone", "images_per_label")
 ALL_IMAGES = -1
 #: Columns that describe a configuration, never a measured value (kept as keys when averaging).
 PARAM_COLS = frozenset(
@@ -277,7 +278,7 @@ def condition_pivot(
     _require(table, ("condition", value), "condition_pivot (pass condition_table's output)")
     index = [
         c
-        for c in ("dataset", "source")
+        for c in ("dataset", "source", "backbone")
         if c in table.columns and table[c].nunique(dropna=False) > 1
     ]
     if "images_per_label" in table.columns:

@@ -179,7 +179,7 @@ def _depth_targets(df: pd.DataFrame, metric: str, tc: list[str]) -> dict[tuple[A
     if "transfer_depth" in d.columns:
         d = d[pd.to_numeric(d["transfer_depth"], errors="coerce").fillna(-1) != 0]
     skip = {"frozen_depth", "images_per_label", "condition"}
-    config = [c for c in (*SEARCH_PARAMS, "backbone") if c in d.columns and c not in skip]
+    config = [c for c in dict.fromkeys((*SEARCH_PARAMS, "backbone")) if c in d.columns and c not in skip]
     d["_config"] = [repr(r) for r in d[config].itertuples(index=False, name=None)] if config else ""
     means = d.groupby([*tc, "frozen_depth", "_config"], dropna=False)[metric].mean().reset_index()
     best = means.groupby([*tc, "frozen_depth"], dropna=False)[metric].max().reset_index()
@@ -229,7 +229,7 @@ def meta_dataset(frame: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFr
         for ll, alpha, acc in alphas.get(key) or [(math.nan, math.nan, math.nan)]:
             out.append({**base, "last_lr": ll, "alpha": alpha, "max_acc": acc, **targets, **extra})
     meta = pd.DataFrame(out)
-    order = ["dataset", "source", "images_per_label", "last_lr"]
+    order = ["dataset", "source", "backbone", "images_per_label", "last_lr"]
 
     def sort_key(series: pd.Series) -> pd.Series:
         return series.map(ipl_sort_key) if series.name == "images_per_label" else series

@@ -271,3 +271,36 @@ def label_features(labels: np.ndarray, num_classes: int | None = None) -> dict[s
         "num_classes": float(k),
         "num_images": float(y.size),
     }
+
+
+def nce(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """NCE (Tran et al. 2019): negative conditional entropy -H(Y | Z) of the target label given the source
+    model's predicted class Z = argmax of its outputs, in [-H(Y), 0]; higher = more transferable."""
+    theta = _as_matrix(source_probs, "source_probs")
+    y = _as_labels(labels, theta.shape[0])
+    z = theta.argmax(axis=1)
+    joint = np.zeros((int(z.max()) + 1, int(y.max()) + 1))
+    np.add.at(joint, (z, y), 1.0)
+    joint /= joint.sum()
+    pz = joint.sum(axis=1, keepdims=True)
+    cond = np.divide(joint, pz, out=np.zeros_like(joint), where=pz > 0)
+    mask = joint > 0
+    return float(np.sum(joint[mask] * np.log(cond[mask])))
+
+
+def h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """Shrinkage H-score (Bao et al. 2019; Ibrahim et al. 2022): tr(cov(f)^-1 cov(E[f | y])), how well the
+    class-conditional means of the features separate relative to their overall spread; higher = more
+    transferable. The covariance is Ledoit-Wolf shrunk: with more feature dimensions than images (1280-d
+    pooled features, a few hundred images) the plain estimate is singular and every backbone scores K-1."""
+    from sklearn.covariance import LedoitWolf
+
+    f = _as_matrix(features, "features").astype(np.float64)
+    y = _as_labels(labels, f.shape[0])
+    f = f - f.mean(axis=0, keepdims=True)
+    cov = LedoitWolf(assume_centered=True).fit(f).covariance_
+    means = np.zeros_like(f)
+    for c in np.unique(y):
+        means[y == c] = f[y == c].mean(axis=0)
+    cov_g = means.T @ means / f.shape[0]
+    return float(np.trace(np.linalg.solve(cov, cov_g)))

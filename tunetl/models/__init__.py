@@ -2,7 +2,7 @@
 parameter-free neck and a replaceable head; safe weights loading."""
 
 from tunetl.models.heads import ACTIVATIONS, HEAD_KINDS, make_head
-from tunetl.models.registry import build, list_backbones
+from tunetl.models.registry import backbone_stages, build, list_backbones
 from tunetl.models.staged import StagedModel, stage_index
 from tunetl.models.weights import (
     WeightsError,
@@ -20,6 +20,7 @@ __all__ = [
     "WeightsError",
     "adapt_first_conv",
     "apply_weights",
+    "backbone_stages",
     "build",
     "imagenet_state",
     "list_backbones",

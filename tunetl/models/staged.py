@@ -53,6 +53,8 @@ class StagedModel(nn.Module):
         self.feature_dim = feature_dim
         self.in_channels = in_channels
         self.input_size = input_size
+        #: How inputs are resized to `input_size` ("bilinear"; timm models say theirs, e.g. "bicubic").
+        self.interpolation = "bilinear"
         self.mean: tuple[float, ...] = tuple(float(v) for v in mean)
         self.std: tuple[float, ...] = tuple(float(v) for v in std)
         #: torchvision state-dict key -> staged key (None: torchvision's own classifier, dropped).

@@ -60,6 +60,8 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise WeightsError(f"weights file {file} does not exist (or is not a file); check the path")
+    if file.suffix == ".safetensors":
+        return _load_safetensors(file)
     try:
         with _safe_load_env():
             obj = torch.load(file, map_location="cpu", weights_only=True)
@@ -74,6 +76,19 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             ) from None
         raise WeightsError(f"could not read {file} as a torch state dict: {first_line}") from None
     return _as_state_dict(obj, file)
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """A `.safetensors` file holds tensors only (no code can run), e.g. timm's Hugging Face weights."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"{file}: reading .safetensors needs the safetensors package") from None
+    try:
+        state = load_file(str(file), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types
+        raise WeightsError(f"could not read {file} as safetensors: {exc}") from None
+    return _as_state_dict(state, file)
 
 
 def _unsupported_global(message: str) -> str:

@@ -184,7 +184,8 @@ def _fallback_params(state: dict[str, Any], config: dict[str, Any]) -> dict[str,
         return {}
     exp = ExperimentConfig.model_validate(state["config"])
     params = trial_params(parse_space(exp.search_space), config)
-    return {**params, "backbone": exp.backbone, "seed": trial_seed(config, exp.seeds), "epochs": exp.training.epochs}
+    backbone = params.get("backbone") or exp.backbone
+    return {**params, "backbone": backbone, "seed": trial_seed(config, exp.seeds), "epochs": exp.training.epochs}
 
 
 def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

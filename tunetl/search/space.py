@@ -14,10 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams, needs_source
+from tunetl.params import LR_PARAMS, SEARCH_PARAMS, TrialParams, depth_from_fraction, needs_source
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-FLOAT_PARAMS = (*LR_PARAMS, "weight_decay", "label_smoothing", "mixup", "cutmix", "layer_decay", "grad_clip")
+FLOAT_PARAMS = (*LR_PARAMS, "transfer_fraction", "frozen_fraction", "weight_decay", "label_smoothing", "mixup",
+                "cutmix", "layer_decay", "grad_clip")
 INT_PARAMS = ("transfer_depth", "frozen_depth", "images_per_label", "warmup_epochs")
 #: Keys a search space may hold: every trial parameter except `condition` (set by `conditions`).
 SPACE_KEYS = tuple(k for k in SEARCH_PARAMS if k != "condition") + ("conditions",)
@@ -47,6 +48,12 @@ class SearchSpace:
     conditions: list[dict[str, Any]] | None = None
     conditions_kind: str = "grid"
     origin: str = "search_space"
+    #: Stages of each backbone the space can use (set by `check_space`): depths, fractions and
+    #: stage_multipliers are checked per backbone, and combinations that fit none are skipped.
+    stage_counts: dict[str, int] = field(default_factory=dict)
+    default_backbone: str | None = None
+    #: `backbone: {choice: [...]}`: expanded into the points like a grid, sampled by Optuna.
+    backbone_choice: bool = False
 
     def grid_dims(self) -> dict[str, Dist]:
         return {k: d for k, d in self.dims.items() if d.is_grid}
@@ -68,7 +75,7 @@ class SearchSpace:
             for part in combo:
                 point.update(part)
             merged = {**self.fixed, **point}
-            if _depths_invalid(merged):
+            if _depths_invalid(merged, self):
                 skipped += 1
                 continue
             points.append(point)
@@ -83,7 +90,7 @@ def _first_invalid(space: SearchSpace) -> dict[str, Any]:
         merged = dict(space.fixed)
         for part in combo:
             merged.update(part)
-        if _depths_invalid(merged):
+        if _depths_invalid(merged, space):
             return merged
     return {}
 
@@ -95,8 +102,22 @@ def _condition_params(cond: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _depths_invalid(p: dict[str, Any]) -> bool:
+def _depths_invalid(p: dict[str, Any], space: SearchSpace | None = None) -> bool:
+    """frozen_depth > transfer_depth, or (when the backbone's stage count is known) depths beyond its
+    stages or stage_multipliers of another length."""
     td, fd = p.get("transfer_depth"), p.get("frozen_depth", 0)
+    backbone = p.get("backbone") or (space.default_backbone if space else None)
+    stages = space.stage_counts.get(backbone) if space and backbone else None
+    if stages is not None:
+        if p.get("transfer_fraction") is not None:
+            td = depth_from_fraction(p["transfer_fraction"], stages)
+        if p.get("frozen_fraction") is not None:
+            fd = depth_from_fraction(p["frozen_fraction"], stages)
+        mults = p.get("stage_multipliers")
+        if (isinstance(td, int) and td > stages) or (isinstance(fd, int) and fd > stages):
+            return True
+        if mults is not None and len(mults) != stages:
+            return True
     return td is not None and isinstance(fd, int) and isinstance(td, int) and fd > td
 
 
@@ -117,6 +138,8 @@ def _parse_dist(key: str, spec: dict[str, Any], where: str) -> Dist:
             f"{where}: expected a value or exactly one of {{{', '.join(DIST_KINDS)}}}, got keys {sorted(spec)}"
         )
     kind, arg = next(iter(spec.items()))
+    if key == "backbone" and kind not in ("grid", "choice"):
+        raise SpaceError(f"{where}.{kind}: backbone takes grid or choice, a list of backbone names")
     if kind in ("grid", "choice"):
         if not isinstance(arg, list) or not arg:
             raise SpaceError(f"{where}.{kind}: needs a non-empty list of values")
@@ -156,10 +179,18 @@ def parse_space(raw: dict[str, Any], origin: str = "search_space") -> SearchSpac
             raise SpaceError(f"{where}: unknown key; valid keys are {', '.join(SPACE_KEYS)}")
         if key == "conditions":
             space.conditions, space.conditions_kind = _parse_conditions(spec, where)
+        elif key == "backbone" and isinstance(spec, dict):
+            dist = _parse_dist(key, spec, where)
+            # Backbones join the points (their depths are checked per backbone before any trial).
+            space.backbone_choice = dist.kind == "choice"
+            space.dims[key] = Dist("grid", dist.values)
         elif isinstance(spec, dict):
             space.dims[key] = _parse_dist(key, spec, where)
         else:
             space.fixed[key] = _freeze(_check_value(key, spec, where))
+    for depth, fraction in (("transfer_depth", "transfer_fraction"), ("frozen_depth", "frozen_fraction")):
+        if values_of(space, depth) and values_of(space, fraction):
+            raise SpaceError(f"{origin}: give {depth} or {fraction}, not both")
     points, skipped = space.grid_points()
     if not points:
         example = space.example_invalid()
@@ -221,16 +252,19 @@ def transfer_depths(space: SearchSpace) -> list[int | None]:
     """Every transfer_depth a trial of the space can run with, the default (None: all stages) included
     when some trial leaves it unset (no value in the space, or a condition without one)."""
     depths: list[int | None] = list(values_of(space, "transfer_depth"))
-    if "transfer_depth" not in space.fixed and "transfer_depth" not in space.dims:
+    keys = ("transfer_depth", "transfer_fraction")
+    if not any(k in space.fixed or k in space.dims for k in keys):
         conds = space.conditions or []
-        if not conds or any("transfer_depth" not in c for c in conds):
+        if not conds or any(not any(k in c for k in keys) for c in conds):
             depths.append(None)
     return depths
 
 
 def space_needs_source(space: SearchSpace) -> bool:
-    """Whether any trial of the space transfers stages (`tunetl.params.needs_source` on resolved depths)."""
-    return any(needs_source(d) for d in transfer_depths(space))
+    """Whether any trial of the space transfers stages (`tunetl.params.needs_source` on resolved depths; a
+    transfer_fraction above 0 counts as transferring)."""
+    return (any(needs_source(d) for d in transfer_depths(space))
+            or any(f > 0 for f in values_of(space, "transfer_fraction")))
 
 
 def check_space(
@@ -241,9 +275,29 @@ def check_space(
     min_class_name: str | None = None,
     has_source: bool = True,
     searcher: str = "grid",
+    stage_counts: dict[str, int] | None = None,
+    default_backbone: str | None = None,
 ) -> None:
-    """Checks that need the backbone and the dataset: stage counts, images per label, the source."""
+    """Checks that need the backbone and the dataset: stage counts, images per label, the source.
+
+    With `stage_counts` (every backbone the space names, and the default) depths and multipliers are
+    checked per backbone when the space varies the backbone: combinations that do not fit a backbone are
+    skipped and counted, and only a space left with no valid combination is an error.
+    """
     o = space.origin
+    space.stage_counts = dict(stage_counts or {})
+    space.default_backbone = default_backbone
+    if values_of(space, "backbone"):
+        if space.backbone_choice and searcher == "grid":
+            raise SpaceError(f"{o}.backbone: with searcher grid, list backbones with grid (choice is sampled "
+                             "by searcher optuna)")
+        points, _ = space.grid_points()
+        if not points:
+            raise SpaceError(f"{o}: no valid combination: no depth or stage_multipliers value fits any backbone "
+                             f"({', '.join(f'{b}: {n} stages' for b, n in space.stage_counts.items())})")
+        num_stages = min(space.stage_counts.values()) if space.stage_counts else num_stages
+        _check_common(space, num_stages, min_class_count, min_class_name, has_source, searcher)
+        return
     for m in values_of(space, "stage_multipliers"):
         if len(m) != num_stages:
             raise SpaceError(
@@ -253,6 +307,18 @@ def check_space(
         for v in values_of(space, key):
             if v is not None and v > num_stages:
                 raise SpaceError(f"{o}.{key}: {v} > the backbone's {num_stages} stages")
+    _check_common(space, num_stages, min_class_count, min_class_name, has_source, searcher)
+
+
+def _check_common(
+    space: SearchSpace,
+    num_stages: int,
+    min_class_count: int | None,
+    min_class_name: str | None,
+    has_source: bool,
+    searcher: str,
+) -> None:
+    o = space.origin
     if min_class_count is not None:
         for v in values_of(space, "images_per_label"):
             if v != "all" and v is not None and v > min_class_count:
@@ -293,7 +359,9 @@ def describe(space: SearchSpace) -> str:
     points, skipped = space.grid_points()
     parts = [f"{len(points)} grid point(s)"]
     if skipped:
-        parts.append(f"{skipped} invalid combination(s) skipped (frozen_depth > transfer_depth)")
+        why = "frozen_depth > transfer_depth" + (", or depths/stage_multipliers that do not fit the backbone"
+                                                  if space.stage_counts else "")
+        parts.append(f"{skipped} invalid combination(s) skipped ({why})")
     rnd = space.random_dims()
     if rnd:
         parts.append("sampled: " + ", ".join(f"{k} ~ {d.kind}" for k, d in rnd.items()))

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,17 @@ class TaskBundle:
     source_state: dict[str, torch.Tensor] | None
     source: str
     features: dict[str, float]
+    #: backbone -> its bundle when the search space varies the backbone (source weights and features
+    #: are per backbone); empty otherwise.
+    others: dict[str, TaskBundle] = field(default_factory=dict)
+
+    def for_backbone(self, backbone: str | None) -> TaskBundle:
+        """The bundle of a trial's backbone (None: the experiment's own)."""
+        if backbone is None or backbone == self.experiment.backbone:
+            return self
+        if backbone not in self.others:
+            raise ValueError(f"backbone {backbone!r} was not prepared for this search ({sorted(self.others)})")
+        return self.others[backbone]
 
 
 class TrialRecorder(Protocol):
@@ -91,7 +102,8 @@ def run_trial(
 ) -> None:
     from ray import tune
 
-    bundle = bundles[int(config.get(TASK, 0))]
+    params = TrialParams.model_validate(trial_params(space, config))
+    bundle = bundles[int(config.get(TASK, 0))].for_backbone(params.backbone)
     experiment, task, source_state = bundle.experiment, bundle.task, bundle.source_state
     source, features = bundle.source, bundle.features
 
@@ -216,6 +228,8 @@ def trial_label(runner: TrialRunner) -> str:
     """A short readable name for MLflow run names (the progress table adds the backbone)."""
     p = runner.params
     name = p.condition or f"T{p.transfer_depth}F{p.frozen_depth}"
+    if p.backbone:
+        name = f"{p.backbone.removeprefix('timm/')} {name}"
     extra = f" lr{p.inner_lr:g}/{p.last_lr:g}" if p.inner_lr != p.last_lr else ""
     scale = f" x{p.lr_scale:g}" if p.lr_scale != 1 else ""
     return f"{name} ipl={p.images_per_label}{extra}{scale} seed={runner.seed}"

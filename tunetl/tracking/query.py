@@ -197,7 +197,7 @@ def typed_trials(frame: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
 
 def default_config_cols(frame: pd.DataFrame) -> list[str]:
     """What makes a configuration: the search parameters present, plus backbone and dataset."""
-    return [c for c in (*SEARCH_PARAMS, "backbone", "dataset") if c in frame.columns]
+    return [c for c in dict.fromkeys((*SEARCH_PARAMS, "backbone", "dataset")) if c in frame.columns]
 
 
 def _hashable(value: Any) -> Any:
