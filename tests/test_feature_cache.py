@@ -4,6 +4,7 @@ recomputed, and two processes racing on one key compute it once."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
@@ -80,7 +81,8 @@ def test_augmenting_trials_run_the_whole_network_on_training_batches(
     assert list(entries(tmp_path)) == [f"{node.feature_keys['val']}.arrow"]
     a = [node.run_epoch() for _ in range(3)]
     b = [off.run_epoch() for _ in range(3)]
-    assert all(m.train_loss == m.train_loss and m.val_acc > 0.2 for m in a)
+    # It trains (the loss falls; accuracy after 3 epochs from random weights is still near chance).
+    assert all(math.isfinite(m.train_loss) for m in a) and a[-1].train_loss < a[0].train_loss
     assert [m.val_acc for m in a] == [m.val_acc for m in b]
 
 

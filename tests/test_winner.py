@@ -134,7 +134,9 @@ def test_alias_moves_only_to_a_better_version() -> None:
 
 
 def test_checkpoints_land_where_asha_decides() -> None:
-    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml")
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml",
+                          overrides=["scheduler.type=asha", "scheduler.grace_period=10", "scheduler.reduction_factor=2",
+                                      "training.epochs=20"])
     assert decision_epochs(exp) == {10, 20}
     three = exp.model_copy(update={"scheduler": exp.scheduler.model_copy(
         update={"grace_period": 2, "reduction_factor": 3})})

@@ -404,10 +404,14 @@ class TrialRunner:
         """Continue from `state` at this runner's own learning rates: the same ones on a resume, new ones
         when PBT hands a trial another trial's checkpoint with perturbed rates."""
         self.model.load_state_dict(state["model"])
-        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # This runner's base rates (before any schedule factor); the checkpoint brings the schedule's position.
+        bases = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
+        factor = next((g["lr"] / g["initial_lr"] for g in self.optimizer.param_groups if g.get("initial_lr")), 1.0)
+        for group, base in zip(self.optimizer.param_groups, bases, strict=True):
+            group["lr"] = base * factor
+            if "initial_lr" in group:
+                group["initial_lr"] = base
         self.generator.set_state(state["generator"])
         self.aug_generator.set_state(state["aug_generator"])
         # Checkpoints from before the fine-tuning knobs have neither (their trials used neither).
@@ -415,6 +419,8 @@ class TrialRunner:
             self.recipe_generator.set_state(state["recipe_generator"])
         if self.lr_schedule is not None and state.get("lr_schedule") is not None:
             self.lr_schedule.load_state_dict(state["lr_schedule"])
+            for schedule in [self.lr_schedule, *getattr(self.lr_schedule, "_schedulers", [])]:
+                schedule.base_lrs = list(bases)
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
         self.best_epoch = int(state.get("best_epoch", 0))
