@@ -17,7 +17,7 @@ import numpy as np
 from tunetl.config import load_experiment
 from tunetl.models import list_backbones
 from tunetl.source import default_cache_dir, source_state_for
-from tunetl.trial import train_trial
+from tunetl.standalone import train_trial
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ import torch
 from tunetl.config import ExperimentConfig, load_experiment
 from tunetl.params import TrialParams
 from tunetl.source import source_state_for, train_source
-from tunetl.trial import TrialRunner, train_trial
+from tunetl.standalone import train_trial
+from tunetl.trial import TrialRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 
 def train_trial(*args: Any, **kwargs: Any) -> Any:
-    """One trial without Ray or MLflow; see `tunetl.trial.train_trial`."""
-    from tunetl.trial import train_trial as _train_trial
+    """One trial without Ray or MLflow; see `tunetl.standalone.train_trial`."""
+    from tunetl.standalone import train_trial as _train_trial
 
     return _train_trial(*args, **kwargs)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from tunetl.engine import Batch, evaluate, train_one_epoch
 from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
 from tunetl.mixing import BatchMixer
 from tunetl.models import backbone_stages
-from tunetl.params import ResolvedParams, TrialParams, needs_source
+from tunetl.params import ResolvedParams, TrialParams
 from tunetl.schedule import build_lr_schedule
 from tunetl.transfer import make_optimizer, prepare_model
 
@@ -426,36 +426,3 @@ class TrialRunner:
         self.best_epoch = int(state.get("best_epoch", 0))
         self.best_state = state.get("best_model")
         self.history = [EpochMetrics(**m) for m in state["history"]]
-
-
-def train_trial(
-    params: TrialParams | dict[str, Any],
-    experiment: ExperimentConfig,
-    *,
-    seed: int = 0,
-    epochs: int | None = None,
-    task: TaskData | None = None,
-    source_state: dict[str, torch.Tensor] | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-    device: torch.device | str | None = None,
-    storage: str | Path | None = None,
-) -> list[EpochMetrics]:
-    """Run one trial for `epochs` (default: the experiment's) and return its per-epoch metrics.
-
-    `source_state` defaults to the experiment's source weights: for `source.train_on`, the model cached
-    under `<storage>/cache/sources/` by a `tunetl run` of the same experiment and `--storage` (a local
-    folder, default ./tunetl_runs), trained and cached there when absent.
-    """
-    from tunetl.source import default_cache_dir, source_state_for
-
-    p = params if isinstance(params, TrialParams) else TrialParams.model_validate(params)
-    if source_state is None and needs_source(p.transfer_depth):
-        cache = Path(storage) / "cache" if storage is not None else default_cache_dir()
-        source_state = source_state_for(experiment, cache,
-                                        in_channels=model_in_channels(experiment, task) if task else None)
-    runner = TrialRunner(p, experiment, seed=seed, task=task, source_state=source_state, device=device)
-    for _ in range(epochs or experiment.training.epochs):
-        m = runner.run_epoch()
-        if on_epoch is not None:
-            on_epoch(m)
-    return runner.history

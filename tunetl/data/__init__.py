@@ -13,7 +13,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "spec",
     "DatasetSpec": "spec",
     "MEMORY_LIMIT_BYTES": "spec",
-    "load_dataset": "spec",
+    "load_dataset": "loading",
     "ImageSet": "imageset",
     "TensorImageSet": "imageset",
     "StreamingImageSet": "imageset",
@@ -48,7 +48,8 @@ __all__ = [
 if TYPE_CHECKING:
     from tunetl.data.builtin import BUILTINS, RawImages, register_builtin
     from tunetl.data.imageset import ImageSet, StreamingImageSet, TaskData, TensorImageSet
-    from tunetl.data.spec import MEMORY_LIMIT_BYTES, DataError, DatasetSpec, load_dataset
+    from tunetl.data.loading import load_dataset
+    from tunetl.data.spec import MEMORY_LIMIT_BYTES, DataError, DatasetSpec
     from tunetl.data.subsets import images_per_label_indices, stratified_split
     from tunetl.data.transforms import Preprocess, augment_batch
 

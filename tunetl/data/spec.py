@@ -1,4 +1,4 @@
-"""`DatasetSpec`: what the YAML/CLI say about a dataset, and `load_dataset` that turns it into data.
+"""`DatasetSpec`: what the YAML/CLI say about a dataset (`tunetl.data.loading` turns it into data).
 
 This module imports neither torch nor numpy at import time, so that `tunetl.config` and the CLI can
 validate specs cheaply; loading pulls the heavy modules in lazily.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from tunetl.data.imageset import TaskData
+    pass
 
 #: Folders whose decoded uint8 pixels exceed this many bytes are streamed from disk instead.
 MEMORY_LIMIT_BYTES = 1_500_000_000
@@ -125,27 +125,3 @@ class DatasetSpec(BaseModel):
 def _parse_class(text: str) -> int | str:
     text = text.strip()
     return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-def load_dataset(
-    spec: DatasetSpec,
-    *,
-    image_size: int | tuple[int, int] | None = None,
-    memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
-    num_workers: int = 0,
-) -> TaskData:
-    """Load the dataset a spec names, subset its classes and split off the fixed validation set.
-
-    `image_size`, `memory_limit_bytes` and `num_workers` apply to folder datasets only: the common
-    (H, W) to resize to (default: the median size), the in-memory budget, and the streaming loader's
-    worker count.
-    """
-    if spec.builtin is not None:
-        from tunetl.data.builtin import load_builtin
-
-        return load_builtin(spec)
-    from tunetl.data.folder import load_folder
-
-    return load_folder(
-        spec, image_size=image_size, memory_limit_bytes=memory_limit_bytes, num_workers=num_workers
-    )
