@@ -36,7 +36,7 @@ RECORD_KEY = "tunetl_record"
 EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss", "lr_factor")
 #: Ray Tune trial status -> MLflow run status; any other (PENDING, RUNNING, PAUSED) is an unfinished trial.
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
-_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 _MAX_ERROR_CHARS = 5000
 
 

@@ -260,6 +260,12 @@ class MlflowFinalizer(tune.Callback):
                                  error=trial_error_text(trial))
 
 
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder is named by its Tune id (`trial_<id>`), not by its display label: the label has
+    spaces and `#`, and readers of the storage (`export --from-storage`, `sync`) find the id in the name."""
+    return f"trial_{trial.trial_id}"
+
+
 class TrialNamer:
     """Names each trial by its label (condition, images per label, backbone, seed) in Tune's progress table
     instead of `run_trial_<id>` beside internal config columns (`_point`); picklable for Tune's state."""
@@ -337,6 +343,7 @@ def build_tuner(
             num_samples=num_samples,
             reuse_actors=True,
             trial_name_creator=TrialNamer(space, experiment),
+            trial_dirname_creator=trial_dirname,
             max_concurrent_trials=limits.max_concurrent_trials,
             time_budget_s=limits.time_budget_s,
         ),
