@@ -282,12 +282,19 @@ class TrialNamer:
         return f"{label} #{str(trial.trial_id)[-5:]}"
 
 
-def _reporter(experiment: ExperimentConfig) -> Any:
+def _reporter(param_space: dict[str, Any], search_alg: Any) -> Any:
+    """Tune's progress table. An empty parameter_columns makes Tune show every config key (`_point`, ...):
+    show the seed only (the trial's name holds it too), by the key this searcher really sets; Tune raises
+    on a column missing from a trial's config, so with neither key every column is shown."""
     from ray import tune
+    from ray.tune.search import Repeater
 
-    # An empty parameter_columns makes Tune show every config key (`_point`, ...): show the seed only,
-    # which the trial's name holds too.
-    shown = {SEED: "seed"} if experiment.searcher.type == "grid" else {TRIAL_INDEX: "repeat"}
+    if SEED in param_space:
+        shown: dict[str, str] | None = {SEED: "seed"}
+    elif isinstance(search_alg, Repeater):
+        shown = {TRIAL_INDEX: "repeat"}
+    else:
+        shown = None
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
         parameter_columns=shown,
@@ -359,7 +366,7 @@ def build_tuner(
                 checkpoint_score_order="max",
             ),
             stop=stopper(experiment, GroupKey(space, keys), num_groups(space, keys, len(bundles))),
-            progress_reporter=_reporter(experiment),
+            progress_reporter=_reporter(param_space, searcher),
             callbacks=callbacks,
             verbose=1,
         ),
