@@ -91,6 +91,17 @@ def _steps(uri: str, run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_acc"))
 
 
+def _signal_mid_search(argv: list[str], env: dict[str, str], log: Path, uri: str, sig: int) -> int:
+    """Start `tunetl run`, send `sig` once a trial is past epoch 2, and return the driver's exit code."""
+    proc = _start(argv, env, log)
+    try:
+        _wait_for(lambda: bool(_running_past_epoch(uri, 2)), proc, log)
+        proc.send_signal(sig)
+        return proc.wait(timeout=120)
+    finally:
+        _kill_group(proc.pid)
+
+
 def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,13 +169,7 @@ def test_killed_driver_is_resumed_by_running_the_same_command(tmp_path: Path, sq
 def test_sigterm_stops_the_search_and_resume_finishes_it(tmp_path: Path, sqlite_uri: str) -> None:
     storage, argv, env = tmp_path / "runs", _argv(sqlite_uri, tmp_path / "runs"), _env([{"sleep_s": 0.7}])
     log = tmp_path / "first.log"
-    proc = _start(argv, env, log)
-    try:
-        _wait_for(lambda: bool(_running_past_epoch(sqlite_uri, 2)), proc, log)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-    finally:
-        _kill_group(proc.pid)
+    rc = _signal_mid_search(argv, env, log, sqlite_uri, signal.SIGTERM)
     assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert "--resume" in log.read_text()
     runs = _children(sqlite_uri)

@@ -25,11 +25,8 @@ from tests.reliability.test_driver_and_trials import (
     _children,
     _env,
     _finish,
-    _kill_group,
     _parents,
-    _running_past_epoch,
-    _start,
-    _wait_for,
+    _signal_mid_search,
 )
 
 pytestmark = pytest.mark.slow
@@ -50,13 +47,7 @@ def test_ctrl_c_stops_the_search_resumably_and_the_same_command_finishes_it(tmp_
     # Two trials run at a time; the third waits for a slot and is slow (~11 s), so the signal, sent once a
     # trial is past epoch 2, always finds unfinished work however loaded the machine is.
     env, log = _env([{"sleep_s": 0.7}, {"match": "ipl=20 ", "sleep_s": 2.0}]), tmp_path / "first.log"
-    proc = _start(argv, env, log)
-    try:
-        _wait_for(lambda: bool(_running_past_epoch(sqlite_uri, 2)), proc, log)
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=120)
-    finally:
-        _kill_group(proc.pid)
+    rc = _signal_mid_search(argv, env, log, sqlite_uri, signal.SIGINT)
     text = log.read_text(errors="replace")
     assert rc == 130, text[-3000:]
     assert "--resume" in text and "with 0 trial(s) unfinished" not in text, text[-2000:]
