@@ -580,14 +580,15 @@ def best(
 def pareto(experiment: str | list[str], tracking_uri: str | None = None,
            objectives: str = "val_acc,train_seconds") -> pd.DataFrame:
     """The trials on the Pareto front of `objectives` (comma-separated), best accuracy first."""
-    from tunetl.pareto import COLUMN, pareto_front, parse_objectives
+    from tunetl.config import OBJECTIVE_COLUMN
+    from tunetl.pareto import pareto_front, parse_objectives
 
     try:
         names = parse_objectives(objectives)
         front = pareto_front(trials(experiment, tracking_uri), names)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    keep = ["run_id", *varying_params(front), "seed", *(COLUMN[n] for n in names)]
+    keep = ["run_id", *varying_params(front), "seed", *(OBJECTIVE_COLUMN[n] for n in names)]
     return front[[c for c in dict.fromkeys(keep) if c in front.columns]].reset_index(drop=True)
 
 

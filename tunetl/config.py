@@ -168,6 +168,9 @@ class SchedulerConfig(_Strict):
 
 #: Objectives a multi-objective Optuna search may optimise, and their direction.
 OBJECTIVES: dict[str, str] = {"val_acc": "max", "train_seconds": "min", "num_params": "min"}
+#: The result key / trials-frame column each objective is read from (a trial's score is its best epoch).
+OBJECTIVE_COLUMN: dict[str, str] = {"val_acc": "best_val_acc", "train_seconds": "train_seconds",
+                                    "num_params": "num_params"}
 
 
 class SearcherConfig(_Strict):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tunetl.config import OBJECTIVES
+from tunetl.config import OBJECTIVE_COLUMN, OBJECTIVES
 
 #: The trials-frame column each objective is read from (accuracy: the trial's best epoch).
-COLUMN = {"val_acc": "best_val_acc", "train_seconds": "train_seconds", "num_params": "num_params"}
 
 
 def parse_objectives(text: str) -> list[str]:
@@ -21,7 +20,7 @@ def parse_objectives(text: str) -> list[str]:
 
 def pareto_front(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
     """The finished trials on the front, sorted by the first objective (best first)."""
-    cols = [COLUMN[n] for n in objectives]
+    cols = [OBJECTIVE_COLUMN[n] for n in objectives]
     missing = [c for c in cols if c not in frame.columns]
     if missing:
         raise ValueError(f"no {', '.join(missing)} in the runs: the search did not record it "

@@ -846,14 +846,15 @@ def _pick_metric(frame: pd.DataFrame, metric: str) -> str:
 
 def _pareto_section(frame: pd.DataFrame, out: Path) -> list[_Section]:
     """Accuracy vs training seconds (a multi-objective search records them), the front joined."""
-    from tunetl.pareto import COLUMN, pareto_front
+    from tunetl.config import OBJECTIVE_COLUMN
+    from tunetl.pareto import pareto_front
 
     cost = next((n for n in ("train_seconds", "num_params") if frame.get(n) is not None
                  and frame[n].notna().any()), None)
     if cost is None:
         return []
     done = frame[frame["status"] == "FINISHED"].dropna(subset=["best_val_acc", cost])
-    front = pareto_front(done, ["val_acc", cost]).sort_values(COLUMN[cost])
+    front = pareto_front(done, ["val_acc", cost]).sort_values(OBJECTIVE_COLUMN[cost])
     fig, (ax,) = _figure()
     ax.scatter(done[cost], done["best_val_acc"] * 100, color="#bbb", label="trial")
     ax.plot(front[cost], front["best_val_acc"] * 100, "o-", color="C3", label="Pareto front")

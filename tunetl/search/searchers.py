@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from tunetl.config import OBJECTIVES, ExperimentConfig
+from tunetl.config import OBJECTIVE_COLUMN, OBJECTIVES, ExperimentConfig
 from tunetl.search.schedulers import PERTURBED
 from tunetl.search.space import Dist, SearchSpace
 from tunetl.search.tune_space import (
@@ -27,7 +27,6 @@ from tunetl.search.tune_space import (
 )
 
 #: The Tune result key each objective is read from.
-RESULT_KEY = {"val_acc": "best_val_acc", "train_seconds": "train_seconds", "num_params": "num_params"}
 
 
 @dataclass
@@ -138,7 +137,7 @@ def _optuna(
             study.add_trial(optuna.trial.create_trial(
                 params=fixed.params, distributions=fixed.distributions, values=s.values))
         told.append(s)
-    metric: Any = [RESULT_KEY[n] for n in names] if len(names) > 1 else RESULT_KEY[names[0]]
+    metric: Any = [OBJECTIVE_COLUMN[n] for n in names] if len(names) > 1 else OBJECTIVE_COLUMN[names[0]]
     mode: Any = [OBJECTIVES[n] for n in names] if len(names) > 1 else OBJECTIVES[names[0]]
     searcher = OptunaSearch(space=define, metric=metric, mode=mode, points_to_evaluate=first or None,
                             sampler=sampler, study_name=study_name, storage=storage)
@@ -156,7 +155,7 @@ def seeds_from_trials(
     keys = [k for k in _space_keys(space) if k in done.columns]
     if tasks and len(tasks) > 1 and "dataset" in done.columns:
         keys.append("dataset")
-    cols = [RESULT_KEY[n] for n in names]
+    cols = [OBJECTIVE_COLUMN[n] for n in names]
     if done.empty or any(c not in done.columns for c in cols):
         return []
     out: list[Seed] = []

@@ -297,7 +297,8 @@ def _report(
         "diverged": diverged,
         "mlflow_run_id": run_id or "",
         "trial": label,
-        **objective_metrics(runner),
+        # Only a multi-objective searcher reads these (they are summed over the history every epoch).
+        **(objective_metrics(runner) if runner.experiment.searcher.objectives else {}),
     }
     if record is not None:
         metrics[RECORD_KEY] = record
