@@ -52,19 +52,11 @@ def continuation(store: Any, exp: ExperimentConfig, space: Any, uri: str, tasks:
                           "a random or optuna search (a grid already ran every point)")
     if exp.scheduler.type in ("pbt", "pb2", "bohb"):
         raise ConfigError(f"--more: scheduler.type {exp.scheduler.type} keeps its own population; start a new search")
-    finished = []
-    for run, _ in reversed(store.subfolders_with(f"{exp.name}_", rn.STATE_FILE)):
-        try:
-            state = rn.read_state(store, run)
-        except (OSError, ValueError):
-            continue
-        if state.get("finished"):
-            finished.append((run, state))
-            break
-    if not finished:
+    finished = rn.finished_run_dir(store, exp.name)
+    if finished is None:
         raise ConfigError(f"--more: no finished search of {exp.name!r} under {store.display()}; run it first "
                           "(or finish it with --resume)")
-    run_dir, state = finished[0]
+    run_dir, state = finished
     changed = space_changes(_comparable(state.get("config") or {}), _comparable(exp.model_dump(mode="json")))
     if changed:
         raise ConfigError(f"--more: the experiment changed since {run_dir}: {', '.join(changed)} differ; "

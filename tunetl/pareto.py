@@ -6,8 +6,6 @@ import pandas as pd
 
 from tunetl.config import OBJECTIVE_COLUMN, OBJECTIVES
 
-#: The trials-frame column each objective is read from (accuracy: the trial's best epoch).
-
 
 def parse_objectives(text: str) -> list[str]:
     """`val_acc,train_seconds` -> the objective names; ValueError names an unknown one."""

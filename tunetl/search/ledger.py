@@ -49,6 +49,13 @@ class TrialLedger(tune.Callback):
 
     def __init__(self, storage: Storage, run: str) -> None:
         self.storage, self.run = storage, run
+        #: The ledger as written; read from storage once (a restored search continues it), then kept here.
+        self._body: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state: a restored ledger re-reads the file, which
+        # may hold trials that ended after that snapshot.
+        return {**self.__dict__, "_body": None}
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         LIVE["unfinished"] = sum(1 for t in trials if str(t.status) not in _ENDED)
@@ -60,14 +67,15 @@ class TrialLedger(tune.Callback):
         self._record(trial.trial_id, {"status": "FAILED", "error": trial_error_text(trial)})
 
     def _record(self, trial_id: str, entry: dict[str, Any]) -> None:
+        if self._body is None:
+            try:
+                self._body = json.loads(self.storage.read_text(self.run, LEDGER_FILE)) if self.storage.exists(
+                    self.run, LEDGER_FILE) else {}
+            except (OSError, ValueError):
+                self._body = {}
+        self._body[str(trial_id)] = entry
         try:
-            body = json.loads(self.storage.read_text(self.run, LEDGER_FILE)) if self.storage.exists(
-                self.run, LEDGER_FILE) else {}
-        except (OSError, ValueError):
-            body = {}
-        body[str(trial_id)] = entry
-        try:
-            self.storage.write_text(json.dumps(body, indent=1), self.run, LEDGER_FILE)
+            self.storage.write_text(json.dumps(self._body, indent=1), self.run, LEDGER_FILE)
         except OSError as err:
             print(f"[tunetl] warning: cannot write {LEDGER_FILE} ({err}); `tunetl sync` will see this "
                   "trial as unfinished", flush=True)

@@ -440,6 +440,18 @@ def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
     return runs[-1] if runs else None
 
 
+def finished_run_dir(storage: Storage, experiment_name: str) -> tuple[str, dict[str, Any]] | None:
+    """The newest finished search of this experiment (folder name, state), or None."""
+    for run in reversed(_searches_of(storage, experiment_name)):
+        try:
+            state = read_state(storage, run)
+        except (OSError, ValueError):
+            continue
+        if state.get("finished"):
+            return run, state
+    return None
+
+
 def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | None, str | None]:
     """(newest unfinished search of this experiment no driver holds, newest one that a driver holds)."""
     busy = None

@@ -113,13 +113,6 @@ class Grouped(FIFOScheduler):
         return "\n".join(f"[{', '.join(map(str, k))}]: {s.debug_string()}" for k, s in self._groups.items())
 
 
-class GroupedASHA(Grouped):
-    """ASHA per group (kept for callers of the earlier API)."""
-
-    def __init__(self, group_of: Callable[[dict[str, Any]], Hashable], **asha_kwargs: Any) -> None:
-        super().__init__(group_of, _Factory("asha", asha_kwargs))
-
-
 class _Factory:
     """A picklable `() -> scheduler` (Tune saves the scheduler with the experiment state)."""
 

@@ -26,8 +26,6 @@ from tunetl.search.tune_space import (
     warm_start_point,
 )
 
-#: The Tune result key each objective is read from.
-
 
 @dataclass
 class Seed:

@@ -102,17 +102,16 @@ def run_trial(
 ) -> None:
     from ray import tune
 
-    params = TrialParams.model_validate(trial_params(space, config))
-    bundle = bundles[int(config.get(TASK, 0))].for_backbone(params.backbone)
-    experiment, task, source_state = bundle.experiment, bundle.task, bundle.source_state
-    source, features = bundle.source, bundle.features
-
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id() or "local"
+    bundle = bundles[int(config.get(TASK, 0))]
+    experiment, source = bundle.experiment, bundle.source
+    trial_id = tune.get_context().get_trial_id() or "local"
     torch.set_num_threads(max(1, int(experiment.resources.cpu)))
     seed = trial_seed(config, experiment.seeds)
     try:
         params = TrialParams.model_validate(trial_params(space, config))
+        bundle = bundle.for_backbone(params.backbone)
+        experiment, task, source_state = bundle.experiment, bundle.task, bundle.source_state
+        source, features = bundle.source, bundle.features
         runner = TrialRunner(
             params,
             experiment,
@@ -237,11 +236,13 @@ def trial_label(runner: TrialRunner) -> str:
 
 def label_of(params: dict[str, Any], seed: int, backbone: str) -> str:
     """A trial's name before it runs, from its search parameters: condition (or depths), images per
-    label, backbone, seed; learning rates only where they were set."""
+    label, backbone (its own where the space varies it, else `backbone`), seed; learning rates only
+    where they were set."""
     name = params.get("condition") or f"T{params.get('transfer_depth', '-')}F{params.get('frozen_depth', 0)}"
     extra = "".join(f" {k}={params[k]:.3g}" for k in ("inner_lr", "last_lr", "lr_scale", "base_lr")
                     if isinstance(params.get(k), float))
-    return f"{name} ipl={params.get('images_per_label', 'all')}{extra} {backbone} seed={seed}"
+    shown = params.get("backbone") or backbone
+    return f"{name} ipl={params.get('images_per_label', 'all')}{extra} {shown} seed={seed}"
 
 
 def _best(runner: TrialRunner) -> float | None:
