@@ -190,10 +190,16 @@ def _prune_backbones(p: Plan, bundles: list[Any]) -> dict[str, str]:
         return {}
     by = p.experiment.searcher.prune_by
     key = f"feature.{by}"
-    scores = {b: float(np.nanmean([bundle.for_backbone(b).features.get(key, np.nan) for bundle in bundles]))
-              for b in names}
+    values = {b: [float(bundle.for_backbone(b).features.get(key, np.nan)) for bundle in bundles] for b in names}
+    unscored = [b for b, v in values.items() if not np.isfinite(v).any()]
+    if unscored:
+        raise ConfigError(f"searcher.prune_backbones: no {by} score for {unscored} (it needs each backbone's "
+                          "source weights: source.weights, weights_file or train_on); remove prune_backbones")
+    scores = {b: float(np.nanmean(v)) for b, v in values.items()}
     kept = rank_from_features({b: {key: s} for b, s in scores.items()}, by)[:k]
     p.space.dims["backbone"] = Dist("grid", tuple(b for b in names if b in kept))
+    for bundle in bundles:  # the pruned backbones' source weights need not travel to every trial
+        bundle.others = {b: other for b, other in bundle.others.items() if b in kept}
     points, p.skipped = p.space.grid_points()
     p.grid_points = len(points)
     print(f"[tunetl] prune_backbones: kept {kept} of {names} by {by} "
@@ -422,7 +428,9 @@ def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, recorder: Any, uri: str
     out = p.experiment.output
     try:
         return deliver(p, frame, outcome.checkpoints, tracking_uri=uri, experiment_id=recorder.experiment_id,
-                       parent_run_id=parent, source_state=bundles[0].source_state if bundles else None,
+                       parent_run_id=parent,
+                       # refit starts from the source weights of the winner's own backbone
+                       source_state=lambda backbone: bundles[0].for_backbone(backbone).source_state,
                        register=out.register_model, refit=out.refit)
     except Exception as err:  # the search's records stand even if its model cannot be delivered
         print(f"[tunetl] the winner's model was not delivered: {type(err).__name__}: {err}", file=sys.stderr)

@@ -64,7 +64,9 @@ class ImageClassifier(nn.Module):
         self.model = build(spec.backbone, num_classes=len(spec.class_names), in_channels=spec.model_channels,
                            head=spec.head, activation=spec.activation, hidden=spec.hidden, dropout=spec.dropout)
         size = spec.input_size or self.model.input_size
-        self.preprocess = Preprocess(size, spec.model_channels, self.model.mean, self.model.std)
+        # The trial's own resizing (timm models train bicubic): the delivered model sees what training saw.
+        self.preprocess = Preprocess(size, spec.model_channels, self.model.mean, self.model.std,
+                                     mode=self.model.interpolation)
         if state is not None:
             self.model.load_state_dict(state)
         self.eval()
@@ -106,7 +108,7 @@ def to_model_input(item: Any, spec: ClassifierSpec) -> np.ndarray:
     uint8 array laid out (H, W), (H, W, C) or (C, H, W) with C in 1, 3 (4: alpha dropped)."""
     from PIL import Image
 
-    from tunetl.data.folder import image_to_array
+    from tunetl.data.folder import decode_image, image_to_array
     from tunetl.data.scan import open_image
 
     if isinstance(item, (bytes, bytearray, memoryview)):
@@ -114,9 +116,7 @@ def to_model_input(item: Any, spec: ClassifierSpec) -> np.ndarray:
             img.load()
             return image_to_array(img, spec.image_channels, spec.image_size)
     if isinstance(item, (str, Path)):
-        with open_image(str(item)) as img:
-            img.load()
-            return image_to_array(img, spec.image_channels, spec.image_size)
+        return decode_image(str(item), spec.image_channels, spec.image_size)
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
         raise ValueError(f"image arrays must be uint8 (0-255), got {arr.dtype}; or pass encoded image bytes")

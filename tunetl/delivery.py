@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ def deliver(
     tracking_uri: str,
     experiment_id: str,
     parent_run_id: str,
-    source_state: Any,
+    source_state: Callable[[str | None], Any],
     register: str | None,
     refit: bool,
 ) -> Delivery:
@@ -155,7 +156,8 @@ def deliver(
     if refit:
         epochs = int(states[run_id].get("best_epoch") or exp.training.epochs)
         params = TrialParams.model_validate(trial_params(plan.space, config))
-        clf = refit_model(task_exp, task, params, seed=seed, epochs=epochs, source_state=source_state)
+        clf = refit_model(task_exp, task, params, seed=seed, epochs=epochs,
+                          source_state=source_state(params.backbone))
         test_acc = accuracy(clf, task.test) if task.test is not None else math.nan
         _say(out, f"refit the winner on train+val for {epochs} epoch(s) (seed {seed})")
     score = float(winner[SCORE])

@@ -196,5 +196,5 @@ def source_record(
     if experiment.source.train_on is not None:
         record["key"] = source_key(experiment, in_channels)
         record["storage"] = storage
-        record["file"] = f"cache/sources/{experiment.backbone}-{record['key']}.pt"
+        record["file"] = source_file(experiment, "cache", in_channels).as_posix()
     return record

@@ -63,6 +63,17 @@ def has_diverged(loss: float) -> bool:
     return not math.isfinite(loss) or loss > DIVERGED_LOSS
 
 
+def resolve_trial(params: TrialParams, experiment: ExperimentConfig) -> tuple[ExperimentConfig, ResolvedParams]:
+    """The experiment a trial runs (with the backbone its search space chose) and its parameters with
+    every default filled in: what a trial trains, and what a delivered model of it is rebuilt from."""
+    if params.backbone is not None and params.backbone != experiment.backbone:
+        experiment = experiment.model_copy(update={"backbone": params.backbone})
+    training = experiment.training
+    resolved = params.resolved(len(backbone_stages(experiment.backbone)), training.base_lr, training.augment,
+                               training.optimizer, **training.recipe_defaults())
+    return experiment, resolved
+
+
 @dataclass(frozen=True)
 class EpochMetrics:
     epoch: int
@@ -151,19 +162,13 @@ class TrialRunner:
         feature_cache: FeatureCacheMode | None = None,
         feature_cache_dir: str | Path | None = None,
     ) -> None:
-        if params.backbone is not None and params.backbone != experiment.backbone:
-            # The search space chose the backbone: the trial runs the experiment with it.
-            experiment = experiment.model_copy(update={"backbone": params.backbone})
+        experiment, self.params = resolve_trial(params, experiment)
         self.experiment = experiment
         self.seed = seed
         self.device = torch.device(device) if device is not None else pick_device(experiment.resources.gpu)
         self.amp = amp_dtype(experiment.training.amp, self.device)
         self.task = task if task is not None else load_dataset(experiment.dataset)
         training = experiment.training
-        stage_names = backbone_stages(experiment.backbone)
-        self.params: ResolvedParams = params.resolved(
-            len(stage_names), training.base_lr, training.augment, training.optimizer, **training.recipe_defaults()
-        )
         channels = in_channels if in_channels is not None else model_in_channels(experiment, self.task)
         torch.manual_seed(seed)
         prepared = prepare_model(

@@ -16,15 +16,13 @@ import torch
 from tunetl.classifier import ClassifierSpec, ImageClassifier
 from tunetl.config import ExperimentConfig
 from tunetl.data import ImageSet, TaskData, TensorImageSet
-from tunetl.models import list_backbones
 from tunetl.params import TrialParams
-from tunetl.trial import TrialRunner, model_in_channels
+from tunetl.trial import TrialRunner, model_in_channels, resolve_trial
 
 
 def classifier_spec(experiment: ExperimentConfig, task: TaskData, params: TrialParams) -> ClassifierSpec:
+    experiment, resolved = resolve_trial(params, experiment)
     training = experiment.training
-    resolved = params.resolved(len(list_backbones()[experiment.backbone]), training.base_lr, training.augment,
-                               training.optimizer)
     return ClassifierSpec(
         backbone=experiment.backbone,
         class_names=list(task.class_names),

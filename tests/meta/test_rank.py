@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,18 +47,35 @@ def test_rank_cli_scores_lite_backbones_and_records_them(sqlite_uri: str, capsys
     assert "logme/efficientnet_lite0" in run.data.metrics
 
 
-def test_prune_backbones_keeps_the_top_k_and_says_so() -> None:
-    plan = api.plan({"name": "p", "dataset": {"builtin": "digits"}, "searcher": {"prune_backbones": 1},
-                     "search_space": {"backbone": {"grid": ["smallcnn", "resnet18"]}, "transfer_depth": 0,
-                                      "images_per_label": 5}})
+def _prune_plan(tmp_path: Path, source: dict | None) -> tuple[api.Plan, list]:
+    """A real plan over two backbones and its real bundles (source weights and features per backbone)."""
+    from tunetl.search import runner as rn
+
+    exp = {"name": "p", "dataset": {"builtin": "digits", "classes": [5, 6, 7]}, "searcher": {"prune_backbones": 1},
+           "training": {"epochs": 1, "image_size": 16},
+           "search_space": {"backbone": {"grid": ["smallcnn", "timm/test_resnet"]},
+                            "transfer_depth": 2 if source else 0, "images_per_label": 5}}
+    if source:
+        exp["source"] = source
+    plan = api.plan(exp)
+    return plan, api._bundles(plan, rn.open_storage(tmp_path / "runs"))
+
+
+def test_prune_backbones_keeps_the_top_k_and_says_so(tmp_path: Path) -> None:
+    plan, bundles = _prune_plan(tmp_path, {"train_on": {"builtin": "digits", "classes": [0, 1, 2]}, "epochs": 1})
     assert plan.grid_points == 2
+    scores = {b: bundles[0].for_backbone(b).features["feature.logme"] for b in ("smallcnn", "timm/test_resnet")}
+    assert all(math.isfinite(v) for v in scores.values())
+    best = max(scores, key=scores.get)
+    tags = api._prune_backbones(plan, bundles)
+    assert json.loads(tags["tunetl.prune_backbones.kept"]) == [best]
+    assert plan.grid_points == 1 and plan.space.grid_points()[0] == [{"backbone": best}]
+    assert json.loads(tags["tunetl.prune_backbones.scores"]) == {"by": "logme", **scores}
+    # The pruned backbone's source weights no longer travel with the bundles.
+    assert set(bundles[0].others) <= {best, bundles[0].experiment.backbone}
 
-    class Bundle:
-        features = {"smallcnn": {"feature.logme": -1.0}, "resnet18": {"feature.logme": 0.5}}
 
-        def for_backbone(self, b: str) -> object:
-            return type("B", (), {"features": self.features[b]})()
-
-    tags = api._prune_backbones(plan, [Bundle()])
-    assert json.loads(tags["tunetl.prune_backbones.kept"]) == ["resnet18"]
-    assert plan.grid_points == 1 and plan.space.grid_points()[0] == [{"backbone": "resnet18"}]
+def test_prune_backbones_without_scores_is_refused(tmp_path: Path) -> None:
+    plan, bundles = _prune_plan(tmp_path, None)
+    with pytest.raises(api.ConfigError, match="prune_backbones: no logme score"):
+        api._prune_backbones(plan, bundles)
