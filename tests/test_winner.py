@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tunetl.classifier import ClassifierSpec, ImageClassifier, to_model_input, top_k
@@ -146,12 +147,15 @@ def test_checkpoints_land_where_asha_decides() -> None:
 
 
 def test_refit_trains_on_train_and_val() -> None:
-    from tunetl.winner import refit
+    from tunetl.winner import refit, train_and_val
 
     exp = load_experiment(ROOT / "experiments" / "quickstart.yaml", overrides=["training.base_lr=0.05"])
     task = load_dataset(exp.dataset)
     params = TrialParams(transfer_depth=0, frozen_depth=0, images_per_label="all")
+    merged = train_and_val(task)
+    assert len(merged.train) == len(task.train) + len(task.val)
+    assert np.array_equal(merged.train.labels, np.concatenate([task.train.labels, task.val.labels]))
+    assert torch.equal(merged.train.images[len(task.train):], task.val.images)
     clf = refit(exp, task, params, seed=0, epochs=3, source_state=None)
     assert clf.spec.class_names == task.class_names
-    # trained on the validation images too: it fits them well after 3 epochs of all the data
     assert accuracy(clf, task.val) > 0.5

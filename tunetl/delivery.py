@@ -106,7 +106,7 @@ def deliver(
         return out
     cols = default_config_cols(out.frame)
     client = client_for(tracking_uri)
-    states: dict[str, dict[str, Any]] = {}
+    best_epochs: dict[str, int] = {}  # all refit needs of a checkpoint; the state itself is not kept
     classifiers: dict[str, Any] = {}
 
     def classifier_of(run_id: str) -> Any:
@@ -115,9 +115,10 @@ def deliver(
             if checkpoint is None:
                 classifiers[run_id] = None
             else:
-                states[run_id] = load_checkpoint(checkpoint)
+                state = load_checkpoint(checkpoint)
+                best_epochs[run_id] = int(state.get("best_epoch") or 0)
                 params = TrialParams.model_validate(trial_params(plan.space, config))
-                classifiers[run_id] = delivered_classifier(task_exp, task, params, states[run_id])
+                classifiers[run_id] = delivered_classifier(task_exp, task, params, state)
         return classifiers[run_id]
 
     if task.test is not None:
@@ -154,7 +155,7 @@ def deliver(
     seed = trial_seed(config, exp.seeds)
     test_acc = out.frame.at[winner.name, "test_acc"] if "test_acc" in out.frame.columns else math.nan
     if refit:
-        epochs = int(states[run_id].get("best_epoch") or exp.training.epochs)
+        epochs = best_epochs[run_id] or exp.training.epochs
         params = TrialParams.model_validate(trial_params(plan.space, config))
         clf = refit_model(task_exp, task, params, seed=seed, epochs=epochs,
                           source_state=source_state(params.backbone))

@@ -58,6 +58,15 @@ def accuracy(classifier: ImageClassifier, images: ImageSet, batch_size: int = 51
     return hits / total if total else float("nan")
 
 
+def train_and_val(task: TaskData) -> TaskData:
+    """The task with its validation images added to the training split (what refit trains on)."""
+    if not (isinstance(task.train, TensorImageSet) and isinstance(task.val, TensorImageSet)):
+        raise ValueError("output.refit needs a dataset held in memory; this one is streamed from disk")
+    both = TensorImageSet(torch.cat([task.train.images, task.val.images]),
+                          np.concatenate([task.train.labels, task.val.labels]))
+    return TaskData(task.name, task.class_names, both, task.val, task.in_channels, task.image_size)
+
+
 def refit(
     experiment: ExperimentConfig,
     task: TaskData,
@@ -69,12 +78,8 @@ def refit(
 ) -> ImageClassifier:
     """The configuration retrained on train+val with the trial's seed for `epochs` (its best epoch):
     `images_per_label` subsets are then drawn from the union. In-memory data only."""
-    if not (isinstance(task.train, TensorImageSet) and isinstance(task.val, TensorImageSet)):
-        raise ValueError("output.refit needs a dataset held in memory; this one is streamed from disk")
-    both = TensorImageSet(torch.cat([task.train.images, task.val.images]),
-                          np.concatenate([task.train.labels, task.val.labels]))
-    merged = TaskData(task.name, task.class_names, both, task.val, task.in_channels, task.image_size)
-    runner = TrialRunner(params, experiment, seed=seed, task=merged, source_state=source_state, device="cpu",
+    runner = TrialRunner(params, experiment, seed=seed, task=train_and_val(task), source_state=source_state,
+                         device="cpu",
                          feature_cache="trial")
     for _ in range(max(1, epochs)):
         runner.run_epoch()
