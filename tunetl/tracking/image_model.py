@@ -18,7 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetl.tracking.registry import _check_name, _global_tracking_uri, _no_progress_bar, parse_model_ref
+from tunetl.tracking.registry import (
+    KIND_TAG,
+    _check_name,
+    _global_tracking_uri,
+    _no_progress_bar,
+    parse_model_ref,
+    register_version,
+)
 from tunetl.tracking.trial_logger import client_for
 from tunetl.tracking.uri import TrackingError, redact
 
@@ -29,7 +36,6 @@ if TYPE_CHECKING:
 
 MODEL_NAME_IN_RUN = "classifier"
 ALIAS = "champion"
-KIND_TAG = "tunetl.kind"
 #: Model-version tags that say what a version scored; the alias moves only to a version that beats it.
 TEST_TAG, SCORE_TAG, DATASET_TAG = "tunetl.test_acc", "tunetl.score", "tunetl.dataset"
 _DATA = "classifier"
@@ -202,13 +208,7 @@ def register_classifier(
     _check_name(name)
     client = client_for(tracking_uri)
     with _global_tracking_uri(tracking_uri):
-        try:
-            client.create_registered_model(name, tags={KIND_TAG: "image_classifier"})
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = int(client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
-                                                  model_id=model_id, description=description, tags=tags).version)
+        version = register_version(client, name, run_id, model_id, description, kind="image_classifier", tags=tags)
         try:
             current = client.get_model_version_by_alias(name, ALIAS)
         except MlflowException:

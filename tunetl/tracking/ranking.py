@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 
 from tunetl.tracking.recorder import get_or_create_experiment
+from tunetl.tracking.registry import KIND_TAG
 from tunetl.tracking.trial_logger import client_for, log_params
 
 #: The experiment that holds rankings unless another is named.
 RANK_EXPERIMENT = "tunetl-rank"
-KIND_TAG = "tunetl.kind"
 
 
 def _metric_key(backbone: str) -> str:

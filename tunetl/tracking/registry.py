@@ -97,11 +97,13 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
-def _register(client: Any, name: str, run_id: str, model_id: str, description: str) -> int:
+def register_version(client: Any, name: str, run_id: str, model_id: str, description: str, *, kind: str,
+                     tags: dict[str, str] | None = None) -> int:
+    """The logged model as the next version of `name` (created, tagged with its kind, on first use)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description=description, tags={KIND_TAG: "meta_model"})
+        client.create_registered_model(name, description=description, tags={KIND_TAG: kind})
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -111,7 +113,7 @@ def _register(client: Any, name: str, run_id: str, model_id: str, description: s
         run_id=run_id,
         model_id=model_id,
         description=description,
-        tags={KIND_TAG: "meta_model"},
+        tags={KIND_TAG: kind, **(tags or {})},
     )
     return int(version.version)
 
@@ -187,7 +189,7 @@ def log_meta_model(
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         if register:
             with _global_tracking_uri(tracking_uri):
-                version = _register(client, register, run_id, logged.model_id, text)
+                version = register_version(client, register, run_id, logged.model_id, text, kind="meta_model")
         else:
             version = None
     except BaseException:
