@@ -23,7 +23,8 @@ import torch
 
 from tunetl.config import ExperimentConfig, SourceSpec
 from tunetl.data import DatasetSpec, load_dataset
-from tunetl.meta.rank import _sample, score_backbone
+from tunetl.meta.features import sample_per_label
+from tunetl.meta.rank import score_backbone
 from tunetl.models import build
 from tunetl.params import TrialParams
 from tunetl.trial import TrialRunner
@@ -94,7 +95,7 @@ def main() -> None:
     if args.skip_part2:
         return
     ipl = max(args.sizes)
-    idx = _sample(task, args.rank_images_per_label, 0)
+    idx = sample_per_label(task, args.rank_images_per_label, 0)
     random_lite0 = {k: v.detach() for k, v in build("efficientnet_lite0", 1000, seed=0).state_dict().items()}
     candidates = [("efficientnet_lite0", "imagenet", states["efficientnet_lite0"]),
                   ("efficientnet_lite1", "imagenet", states["efficientnet_lite1"]),

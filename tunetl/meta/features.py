@@ -49,7 +49,8 @@ def source_model(experiment: ExperimentConfig, source_state: dict[str, torch.Ten
     return model.eval()
 
 
-def _sample(task: TaskData, per_label: int, seed: int = 0) -> np.ndarray:
+def sample_per_label(task: TaskData, per_label: int, seed: int = 0) -> np.ndarray:
+    """Up to `per_label` training images of each class (fewer when the smallest class has fewer), seeded."""
     counts = np.bincount(task.train.labels, minlength=len(task.class_names))
     k = int(min(per_label, counts.min()))
     return images_per_label_indices(task.train.labels, k, seed)
@@ -107,7 +108,7 @@ def task_features(
     model = source_model(experiment, source_state, channels)
     size = experiment.training.image_size or model.input_size
     pre = Preprocess(size, channels, model.mean, model.std)
-    idx = _sample(task, FEATURE_IMAGES_PER_LABEL)
+    idx = sample_per_label(task, FEATURE_IMAGES_PER_LABEL)
     feats, probs, coeffs = _forward(model, task, idx, pre, bn_hooks=True)
     labels = task.train.labels[idx]
     out["feature.logme"] = float(logme(feats, labels))
@@ -116,6 +117,7 @@ def task_features(
         out["feature.similarity"] = float(np.mean(coeffs))
     elif experiment.source.train_on is not None:
         src_task = load_dataset(experiment.source.train_on)
-        src_feats, _, _ = _forward(model, src_task, _sample(src_task, FEATURE_IMAGES_PER_LABEL), pre, bn_hooks=False)
+        src_idx = sample_per_label(src_task, FEATURE_IMAGES_PER_LABEL)
+        src_feats, _, _ = _forward(model, src_task, src_idx, pre, bn_hooks=False)
         out["feature.similarity"] = float(feature_similarity(src_feats, feats))
     return {k: (v if math.isfinite(v) else nan) for k, v in out.items()}

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from tunetl.config import SourceSpec
-from tunetl.data import Preprocess, TaskData, images_per_label_indices
+from tunetl.data import Preprocess, TaskData
+from tunetl.meta.features import sample_per_label
 from tunetl.meta.transferability import h_score, leep, logme, nce
 from tunetl.models import build
 from tunetl.models.torchvision_nets import TORCHVISION_BACKBONES
@@ -31,11 +32,6 @@ from tunetl.models.torchvision_nets import TORCHVISION_BACKBONES
 SCORES = ("logme", "hscore", "leep", "nce")
 #: Images per class of the sample when none is given.
 DEFAULT_IMAGES_PER_LABEL = 50
-
-
-def _sample(task: TaskData, per_label: int, seed: int) -> np.ndarray:
-    counts = np.bincount(task.train.labels, minlength=len(task.class_names))
-    return images_per_label_indices(task.train.labels, int(min(per_label, counts.min())), seed)
 
 
 @torch.no_grad()
@@ -101,7 +97,7 @@ def rank_backbones(
         raise ValueError(f"rank by one of {', '.join(SCORES)}, not {by!r}")
     if not backbones:
         raise ValueError("give at least one backbone to rank")
-    idx = _sample(task, images_per_label or DEFAULT_IMAGES_PER_LABEL, seed)
+    idx = sample_per_label(task, images_per_label or DEFAULT_IMAGES_PER_LABEL, seed)
     rows = [score_backbone(b, task, idx, source=source, image_size=image_size) for b in backbones]
     frame = pd.DataFrame(rows).sort_values(by, ascending=False, na_position="last").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
