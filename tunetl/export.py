@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tunetl.classifier import ImageClassifier
+from tunetl.config import ConfigError
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
@@ -27,7 +28,12 @@ def check_batch(clf: ImageClassifier, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _onnx(clf: ImageClassifier, out: Path) -> Any:
-    import onnxruntime
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's dynamo exporter imports it; fail here with the fix)
+    except ImportError as exc:
+        raise ConfigError(f"--format onnx needs {exc.name}: pip install 'tunetl[export]' "
+                          "(or use --format torchscript, which needs nothing more)") from exc
 
     example = clf.example(2)
     torch.onnx.export(clf, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
