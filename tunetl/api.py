@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,13 +354,16 @@ def run(
     print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
           f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
           flush=True)
-    rn.init_ray(address, num_cpus=num_cpus)
+    # MLflow's import and store set-up (1.5-1.8 s) overlap Ray's start (about 4 s).
+    with ThreadPoolExecutor(1, thread_name_prefix="tunetl-mlflow") as pool:
+        recorder_ready = pool.submit(SearchRecorder, uri, exp.name)
+        rn.init_ray(address, num_cpus=num_cpus)
+        recorder = recorder_ready.result()
     rn.check_resources(exp)
     rn.check_storage(store)
     rn.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     prune_tags = _prune_backbones(p, bundles)
-    recorder = SearchRecorder(uri, exp.name)
     run_name = run_name or rn.new_run_name(exp.name)
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
     lock = rn.DriverLock(store, run_name)

@@ -97,7 +97,7 @@ def train_source(
     log: bool = True,
 ) -> Path:
     """Train the source model on `source.train_on` (all stages, from scratch) unless cached; return its path."""
-    from tunetl.trial import TrialRunner, has_diverged, model_in_channels
+    from tunetl.trial import TrialRunner, has_diverged, model_in_channels, torch_threads, trial_threads
 
     src = experiment.source
     if src.train_on is None:
@@ -123,16 +123,18 @@ def train_source(
         seed=src.seed,
         in_channels=target_channels,
     )
-    for epoch in range(1, src.epochs + 1):
-        m = runner.run_epoch()
-        if has_diverged(m.train_loss):
-            raise ConfigError(
-                f"source.train_on: the source model diverged at epoch {m.epoch} (training loss {m.train_loss:.3g}) "
-                f"with training.base_lr={source_exp.training.base_lr:g}; lower training.base_lr"
-            )
-        if log and (epoch % 5 == 0 or epoch == src.epochs):
-            print(f"[tunetl] source model: epoch {epoch}/{src.epochs}, val_acc {m.val_acc:.3f}",
-                  file=sys.stderr, flush=True)
+    with torch_threads(trial_threads(experiment)):
+        for epoch in range(1, src.epochs + 1):
+            m = runner.run_epoch()
+            if has_diverged(m.train_loss):
+                raise ConfigError(
+                    f"source.train_on: the source model diverged at epoch {m.epoch} (training loss "
+                    f"{m.train_loss:.3g}) with training.base_lr={source_exp.training.base_lr:g}; lower "
+                    "training.base_lr"
+                )
+            if log and (epoch % 5 == 0 or epoch == src.epochs):
+                print(f"[tunetl] source model: epoch {epoch}/{src.epochs}, val_acc {m.val_acc:.3f}",
+                      file=sys.stderr, flush=True)
     if log:
         print(
             f"[tunetl] source model: {experiment.backbone} on {runner.task.name}, {src.epochs} epochs, "

@@ -28,7 +28,7 @@ from tunetl.search.results import RECORD_KEY
 from tunetl.search.schedulers import PAUSING
 from tunetl.search.space import SearchSpace
 from tunetl.search.tune_space import trial_params, trial_seed
-from tunetl.trial import EpochMetrics, TrialRunner, has_diverged, pick_device
+from tunetl.trial import EpochMetrics, TrialRunner, has_diverged, pick_device, trial_threads
 
 CHECKPOINT_FILE = "trial.pt"
 TASK = "_task"
@@ -105,7 +105,7 @@ def run_trial(
     bundle = bundles[int(config.get(TASK, 0))]
     experiment, source = bundle.experiment, bundle.source
     trial_id = tune.get_context().get_trial_id() or "local"
-    torch.set_num_threads(max(1, int(experiment.resources.cpu)))
+    torch.set_num_threads(trial_threads(experiment))
     seed = trial_seed(config, experiment.seeds)
     try:
         params = TrialParams.model_validate(trial_params(space, config))

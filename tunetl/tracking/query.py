@@ -16,6 +16,7 @@ from tunetl.params import SEARCH_PARAMS
 from tunetl.search.results import EPOCH_METRICS
 from tunetl.tracking.trial_logger import (
     DIVERGED_TAG,
+    EPOCHS_RUN,
     ERROR_TAG,
     NODE_TAG,
     PARENT_TAG,
@@ -167,17 +168,20 @@ def load_trials(experiments: str | list[str], tracking_uri: str, parent_run_id: 
     for name in _param_order({k for p in params for k in p}):
         frame[name] = _column(name, [p.get(name) for p in params])
     metric_names = [*EPOCH_METRICS, "best_val_acc"]
-    metric_names += sorted(extra_metrics - set(metric_names))
+    metric_names += sorted(extra_metrics - set(metric_names) - {EPOCHS_RUN})
     for name in metric_names:
         frame[name] = pd.Series([run.data.metrics.get(name, math.nan) for run in runs], dtype="float64")
-    frame["epochs_run"] = pd.Series(
-        [
-            len(client.get_metric_history(r.info.run_id, "val_acc")) if "val_acc" in r.data.metrics else 0
-            for r in runs
-        ],
-        dtype="int64",
-    )
+    frame[EPOCHS_RUN] = pd.Series([_epochs_run(client, r) for r in runs], dtype="int64")
     return frame
+
+
+def _epochs_run(client: Any, run: Any) -> int:
+    """From the run's own `epochs_run` metric; a metric-history request only for runs recorded without
+    it (by tunetl before it logged one), so loading N trials is not N round trips."""
+    metrics = run.data.metrics
+    if EPOCHS_RUN in metrics:
+        return int(metrics[EPOCHS_RUN])
+    return len(client.get_metric_history(run.info.run_id, "val_acc")) if "val_acc" in metrics else 0
 
 
 def typed_trials(frame: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from tunetl.search.results import EPOCH_METRICS
 from tunetl.tracking.recorder import get_or_create_experiment
 from tunetl.tracking.trial_logger import (
     DIVERGED_TAG,
+    EPOCHS_RUN,
     ERROR_TAG,
     MAX_ERROR_CHARS,
     PARENT_TAG,
@@ -129,6 +130,8 @@ def _missing_metrics(client: Any, run: Any, trial: StoredTrial) -> list[Any]:
             if e["epoch"] not in have:
                 stamp = int(float(e["timestamp"]) * 1000) if e.get("timestamp") is not None else now
                 out.append(Metric(name, float(e[name]), stamp, int(e["epoch"])))
+                if name == "val_acc":
+                    out.append(Metric(EPOCHS_RUN, float(e["epoch"]), stamp, int(e["epoch"])))
     if trial.finished and trial.best_val_acc is not None and "best_val_acc" not in run.data.metrics:
         out.append(Metric("best_val_acc", float(trial.best_val_acc), now, 0))
     return out

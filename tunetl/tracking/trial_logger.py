@@ -38,6 +38,8 @@ DIVERGED_TAG = "tunetl.diverged"
 RETRIED_ERROR_TAG = "tunetl.retried_error"
 ORPHAN_TAG = "tunetl.orphan"
 MAX_ERROR_CHARS = 5000
+#: Logged with each epoch (value = step = the epoch): the latest value is how many epochs a trial ran.
+EPOCHS_RUN = "epochs_run"
 _MAX_PARAM_CHARS = 6000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_TAGS_PER_BATCH = 100
@@ -283,7 +285,8 @@ class TrialLogger:
         self.flush()
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch.
+        """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch, and `epochs_run`
+        = epoch, so a query reads how far a trial got from the run itself, not from a metric history.
 
         Never waits on a store that is down and never raises: the metrics are kept, with their
         original timestamps, and go with the next call that reaches the store.
@@ -292,6 +295,7 @@ class TrialLogger:
 
         now = int(time.time() * 1000)
         items = [Metric(str(k), float(v), now, int(epoch)) for k, v in metrics.items() if v is not None]
+        items.append(Metric(EPOCHS_RUN, float(epoch), now, int(epoch)))
         self._pending(run_id).metrics.extend(items)
         self.flush()
 
