@@ -38,9 +38,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu", "anytime")
-#: What a plain `harness.py` runs: `anytime` (19 searches) only when named with --only.
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "anytime")
+SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu", "anytime", "scale")
+#: What a plain `harness.py` runs: `anytime` (19 searches) and `scale` (a 10,000-run store) only when named
+#: with --only.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("anytime", "scale"))
 RESULTS_VERSION = 1
 
 
@@ -1045,6 +1046,34 @@ def plot_anytime(raw: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 # Results: JSON and Markdown
 
 
+# --------------------------------------------------------------------------------------------------
+# scale: `tunetl best` on a generated store of up to 10,000 child runs (benchmarks/scale.py)
+
+
+def section_scale(ctx: Ctx) -> dict[str, Any]:
+    import scale
+
+    sizes = scale.QUICK_SIZES if ctx.quick else scale.FULL_SIZES
+    rows = scale.measure(ctx.work / "scale", sizes, ctx.repeats, ctx.say)
+    top = rows[-1]
+    targets = []
+    for key, where in (("sqlite_s", "SQLite"), ("server_s", "mlflow server")):
+        slope = scale.growth_per_1000(rows, key)
+        targets.append(target(f"scale.best_{key[:-2]}", f"`tunetl best` on {top['runs']:,} runs ({where}) < 5 s "
+                              "including start-up", top[key], top[key] < 5, f"{top[key]:.2f} s",
+                              f"{top[key]:.2f} s: MLflow's search_runs returns every run's params, tags and "
+                              "metrics; see the growth row"))
+        targets.append(target(f"scale.growth_{key[:-2]}", f"growth per 1,000 runs ({where}) < 0.2 s", slope,
+                              slope < 0.2, f"{slope:.3f} s", f"{slope:.3f} s per 1,000 runs"))
+    shown = [{"runs": r["runs"], "tunetl best, SQLite (s)": f"{r['sqlite_s']:.2f}",
+              "tunetl best, mlflow server (s)": f"{r['server_s']:.2f}"} for r in rows]
+    return {"setup": {"note": f"One store grown through {', '.join(map(str, sizes))} child runs ({scale.EPOCHS} "
+                      "epochs of metrics each, as a trial records them); `tunetl best --experiment scale` in a "
+                      "fresh process (start-up included), median of the repeats; the server is a real `mlflow "
+                      "server --workers 1` over the same SQLite file, warmed by one untimed query."},
+            "raw": rows, "rows": shown, "targets": targets}
+
+
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "plain": section_plain,
     "overhead": section_overhead,
@@ -1053,6 +1082,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "nodes": section_nodes,
     "gpu": section_gpu,
     "anytime": section_anytime,
+    "scale": section_scale,
 }
 
 TITLES = {
@@ -1063,6 +1093,7 @@ TITLES = {
     "nodes": "Trials per hour on 1 vs 2 local Ray nodes",
     "gpu": "GPU: images/s per trial with 1, 2 and 4 trials per GPU",
     "anytime": "Best accuracy found vs epochs spent: grid, random, ASHA, HyperBand, Optuna+ASHA, PBT, BOHB",
+    "scale": "`tunetl best` on MLflow stores of 1,000 to 10,000 child runs (SQLite and a real server)",
 }
 
 
