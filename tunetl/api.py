@@ -20,6 +20,7 @@ import pandas as pd
 
 from tunetl.config import ConfigError, ExperimentConfig, load_experiment
 from tunetl.params import SEARCH_PARAMS
+from tunetl.records import MAX_TAG_CHARS, SKIPPED_FILES_TAG, STORAGE_TAG
 
 
 @dataclass
@@ -385,7 +386,7 @@ def run(
             rn.write_state(store, run_name, {**state, "finished": False})
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
-                                           tags={"tunetl.storage": str(run_path), **_skipped_tag(p),
+                                           tags={STORAGE_TAG: str(run_path), **_skipped_tag(p),
                                                  **_source_tags(bundles, store), **prune_tags})
             rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
                                              "experiment": exp.name, "tracking_uri": uri, "finished": False,
@@ -541,7 +542,7 @@ def _budget_params(exp: ExperimentConfig) -> dict[str, Any]:
 
 def _skipped_tag(p: Plan) -> dict[str, str]:
     names = [f"{task.name}: {f}" for _, task in p.tasks for f in task.skipped_files]
-    return {"tunetl.skipped_files": "\n".join(names)[:5000]} if names else {}
+    return {SKIPPED_FILES_TAG: "\n".join(names)[:MAX_TAG_CHARS]} if names else {}
 
 
 def tracking_store(tracking_uri: str | None) -> str:

@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import _free_port, _group_alive, _stop_group, start_mlflow_server
 from tests.reliability.cli import QUICK, run_argv
 from tunetl.cli import main
-from tunetl.search.results import EPOCH_METRICS
+from tunetl.records import EPOCH_METRICS
 
 NAME = "outage"
 EPOCHS = 10

@@ -15,10 +15,9 @@ from typing import Any
 
 from ray import tune
 
-from tunetl.search.results import LEDGER_FILE
+from tunetl.records import LEDGER_FILE, MAX_TAG_CHARS
 from tunetl.search.storage import Storage
 
-_MAX_ERROR_CHARS = 5000
 _ENDED = ("TERMINATED", "ERROR")
 #: Trials not yet ended at the driver's last step (read by `runner.fit` after Tune returns).
 LIVE: dict[str, int] = {"unfinished": 0}
@@ -34,13 +33,13 @@ def trial_error_text(trial: Any) -> str:
         if file is not None and file.is_file():
             text = file.read_text(errors="replace").strip()
             if text:
-                return text[-_MAX_ERROR_CHARS:]
+                return text[-MAX_TAG_CHARS:]
     try:
         error = trial.get_error()
     except Exception:  # noqa: BLE001 - the text is a courtesy; a missing one must not break the driver
         error = None
     if error is not None and str(error).strip():
-        return str(error)[-_MAX_ERROR_CHARS:]
+        return str(error)[-MAX_TAG_CHARS:]
     return "the trial's worker process died (killed, or out of memory) before it could report an error"
 
 

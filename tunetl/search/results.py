@@ -21,23 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetl.records import (
+    DIVERGED_KEY,
+    EPOCH_METRICS,
+    LEDGER_FILE,
+    MAX_TAG_CHARS,
+    NODE_TAG,
+    RECORD_KEY,
+    RUN_ID_KEY,
+    STATE_FILE,
+    TRIAL_ID_TAG,
+)
 from tunetl.search.storage import Storage, StorageError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: tunetl's own file in each search folder: experiment, parent run, tracking URI, config, finished.
-STATE_FILE = "tunetl_search.json"
-#: tunetl's record of how each trial ended, written by the driver (`tunetl.search.ledger.TrialLedger`).
-LEDGER_FILE = "tunetl_trials.json"
-#: Key of the first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
-RECORD_KEY = "tunetl_record"
-#: `lr_factor`: the learning-rate schedule's factor that epoch (1 without a schedule).
-EPOCH_METRICS: tuple[str, ...] = ("val_acc", "val_loss", "train_acc", "train_loss", "lr_factor")
 #: Ray Tune trial status -> MLflow run status; any other (PENDING, RUNNING, PAUSED) is an unfinished trial.
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
-_MAX_ERROR_CHARS = 5000
 
 
 @dataclass
@@ -209,11 +211,11 @@ def _trial(
     if not lines and status not in _STATUS:
         return None  # never started: no run exists for it anywhere
     params = record["params"] if record else _fallback_params(state, config)
-    tags = {str(k): str(v) for k, v in (record["tags"] if record else {"tunetl.trial_id": trial_id}).items()}
-    run_ids = [str(line["mlflow_run_id"]) for line in lines if line.get("mlflow_run_id")]
+    tags = {str(k): str(v) for k, v in (record["tags"] if record else {TRIAL_ID_TAG: trial_id}).items()}
+    run_ids = [str(line[RUN_ID_KEY]) for line in lines if line.get(RUN_ID_KEY)]
     last = lines[-1] if lines else {}
     epochs = _epochs(lines)
-    diverged = bool(last.get("diverged", False))
+    diverged = bool(last.get(DIVERGED_KEY, False))
     best = last.get("best_val_acc")
     mapped = _STATUS.get(status, "RUNNING")
     planned = params.get("epochs") or (state.get("config") or {}).get("training", {}).get("epochs")
@@ -222,7 +224,7 @@ def _trial(
     if mapped == "FAILED":
         file = folder / error_file if error_file else None
         text = file.read_text(errors="replace") if file is not None and file.is_file() else ""
-        error = (text or error_text or "the trial failed without an error message")[-_MAX_ERROR_CHARS:]
+        error = (text or error_text or "the trial failed without an error message")[-MAX_TAG_CHARS:]
     return StoredTrial(
         trial_id=trial_id,
         status=mapped,
@@ -308,7 +310,7 @@ def trials_frame(searches: list[StoredSearch]) -> pd.DataFrame:
                 "stopped_early": t.stopped_early,
                 "diverged": t.diverged,
                 "error": t.error,
-                "node": t.tags.get("tunetl.node"),
+                "node": t.tags.get(NODE_TAG),
                 **{n: _tuples(t.params.get(n)) for n in names},
                 **{m: last.get(m, math.nan) for m in EPOCH_METRICS},
                 "best_val_acc": math.nan if t.best_val_acc is None else t.best_val_acc,

@@ -22,9 +22,9 @@ from ray import tune
 
 from tunetl.config import ExperimentConfig, check_name
 from tunetl.data import TaskData
+from tunetl.records import DIVERGED_KEY, DIVERGED_TAG, RUN_ID_KEY, STATE_FILE
 from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
-from tunetl.search.results import STATE_FILE
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
@@ -238,15 +238,15 @@ class MlflowFinalizer(tune.Callback):
 
     def _run_id(self, trial: Any) -> str | None:
         res = trial.last_result or {}
-        return res.get("mlflow_run_id") or self.recorder.find_run(trial.trial_id)
+        return res.get(RUN_ID_KEY) or self.recorder.find_run(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         res = trial.last_result or {}
         run_id = self._run_id(trial)
         if not run_id:
             return
-        stopped = int(res.get("epoch", 0)) < self.epochs and not res.get("diverged", False)
-        tags = {"tunetl.diverged": "true"} if res.get("diverged") else None
+        stopped = int(res.get("epoch", 0)) < self.epochs and not res.get(DIVERGED_KEY, False)
+        tags = {DIVERGED_TAG: "true"} if res.get(DIVERGED_KEY) else None
         self.recorder.finish(
             run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"), stopped_early=stopped, tags=tags
         )
@@ -539,7 +539,7 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
 def _checkpoints(results: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     out = {}
     for result in results:
-        run_id = (result.metrics or {}).get("mlflow_run_id")
+        run_id = (result.metrics or {}).get(RUN_ID_KEY)
         if run_id:
             out[str(run_id)] = (result.checkpoint, dict(result.config or {}))
     return out

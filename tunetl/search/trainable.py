@@ -23,8 +23,21 @@ import torch
 from tunetl.config import ExperimentConfig
 from tunetl.data import TaskData
 from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
+from tunetl.records import (
+    DIVERGED_KEY,
+    DIVERGED_TAG,
+    ERROR_TAG,
+    HOST_TAG,
+    MAX_TAG_CHARS,
+    NODE_TAG,
+    PBT_DONOR_TAG,
+    PID_TAG,
+    RECORD_KEY,
+    RESTORED_EPOCH_TAG,
+    RUN_ID_KEY,
+    TRIAL_ID_TAG,
+)
 from tunetl.search.faults import maybe_fail
-from tunetl.search.results import RECORD_KEY
 from tunetl.search.schedulers import PAUSING
 from tunetl.search.space import SearchSpace
 from tunetl.search.tune_space import trial_params, trial_seed
@@ -142,9 +155,9 @@ def run_trial(
         run_id = recorder.find_run(trial_id)
     if recorder is not None and run_id is not None:
         # A retried or resumed trial: its run may have been closed (KILLED) when the driver stopped.
-        tags = {"tunetl.restored_epoch": str(runner.epoch)}
+        tags = {RESTORED_EPOCH_TAG: str(runner.epoch)}
         if donor is not None:
-            tags["tunetl.pbt_donor"] = f"{donor}@{runner.epoch}"
+            tags[PBT_DONOR_TAG] = f"{donor}@{runner.epoch}"
         logged = recorder.reopen(run_id, tags)
         if donor is not None:
             logged = runner.epoch  # the epochs after the donor's are this trial's from here on
@@ -188,11 +201,11 @@ def run_trial(
         # here). Closing it here as well keeps runs of resumed searches closed, where Tune may not
         # carry the callback over; finishing twice is idempotent.
         if recorder is not None and run_id is not None:
-            tags = {"tunetl.diverged": "true"} if diverged else None
+            tags = {DIVERGED_TAG: "true"} if diverged else None
             recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False, tags=tags)
     except Exception:
         if recorder is not None and run_id is not None:
-            recorder.set_tags(run_id, {"tunetl.error": traceback.format_exc()[-5000:]})
+            recorder.set_tags(run_id, {ERROR_TAG: traceback.format_exc()[-MAX_TAG_CHARS:]})
         raise
 
 
@@ -201,14 +214,14 @@ def _record_early_failure(
     seed: int, source: str, trial_id: str,
 ) -> None:
     """A FAILED MLflow run, with the trial's parameters and traceback, for a trial that never started."""
-    error = traceback.format_exc()[-5000:]
+    error = traceback.format_exc()[-MAX_TAG_CHARS:]
     try:
         raw = {k: v for k, v in trial_params(space, config).items() if k in SEARCH_PARAMS}
     except Exception:  # noqa: BLE001 - the parameters themselves may be what failed
         raw = {}
     params = {**raw, "backbone": experiment.backbone, "seed": seed, "source": source,
               "epochs": experiment.training.epochs}
-    run_id = recorder.start(params, tags={**_node_tags(trial_id), "tunetl.error": error})
+    run_id = recorder.start(params, tags={**_node_tags(trial_id), ERROR_TAG: error})
     if run_id is not None:
         recorder.finish(run_id, status="FAILED", best_val_acc=None, error=error)
 
@@ -295,8 +308,8 @@ def _report(
         "best_val_acc": _best(runner) or 0.0,
         "best_epoch": runner.best_epoch,
         "epoch_seconds": m.seconds,
-        "diverged": diverged,
-        "mlflow_run_id": run_id or "",
+        DIVERGED_KEY: diverged,
+        RUN_ID_KEY: run_id or "",
         "trial": label,
         # Only a multi-objective searcher reads these (they are summed over the history every epoch).
         **(objective_metrics(runner) if runner.experiment.searcher.objectives else {}),
@@ -327,8 +340,8 @@ def _node_tags(trial_id: str) -> dict[str, str]:
     import ray
 
     return {
-        "tunetl.node": ray.get_runtime_context().get_node_id(),
-        "tunetl.host": os.uname().nodename,
-        "tunetl.trial_id": trial_id,
-        "tunetl.pid": str(os.getpid()),
+        NODE_TAG: ray.get_runtime_context().get_node_id(),
+        HOST_TAG: os.uname().nodename,
+        TRIAL_ID_TAG: trial_id,
+        PID_TAG: str(os.getpid()),
     }

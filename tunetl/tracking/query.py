@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetl.params import SEARCH_PARAMS
-from tunetl.search.results import EPOCH_METRICS
-from tunetl.tracking.trial_logger import (
+from tunetl.records import (
     DIVERGED_TAG,
+    EPOCH_METRICS,
     EPOCHS_RUN,
     ERROR_TAG,
     NODE_TAG,
     PARENT_TAG,
     STOPPED_EARLY_TAG,
-    client_for,
-    encode_param,
 )
+from tunetl.tracking.trial_logger import client_for, encode_param
 from tunetl.tracking.uri import TrackingError, redact
 
 if TYPE_CHECKING:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tunetl.records import MAX_TAG_CHARS, ORPHAN_TAG, PARENT_TAG
 from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s
 from tunetl.tracking.trial_logger import (
-    ORPHAN_TAG,
-    PARENT_TAG,
     TrialLogger,
     check_status,
     client_for,
@@ -82,7 +81,7 @@ class SearchRecorder:
         from mlflow.entities import RunTag
 
         client_for(self.tracking_uri).log_batch(
-            self._require_parent(), tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()]
+            self._require_parent(), tags=[RunTag(str(k), str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()]
         )
 
     def end_parent(self, status: str = "FINISHED", summary: dict[str, float] | None = None) -> None:

@@ -13,27 +13,24 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunetl.search.results import EPOCH_METRICS
-from tunetl.tracking.recorder import get_or_create_experiment
-from tunetl.tracking.trial_logger import (
+from tunetl.records import (
     DIVERGED_TAG,
+    EPOCH_METRICS,
     EPOCHS_RUN,
     ERROR_TAG,
-    MAX_ERROR_CHARS,
+    MAX_TAG_CHARS,
     PARENT_TAG,
     STOPPED_EARLY_TAG,
+    STORAGE_TAG,
+    SYNCED_FROM_TAG,
     TRIAL_ID_TAG,
-    client_for,
-    encode_param,
-    log_entities,
 )
+from tunetl.tracking.recorder import get_or_create_experiment
+from tunetl.tracking.trial_logger import client_for, encode_param, log_entities
 
 if TYPE_CHECKING:
     from tunetl.search.results import StoredSearch, StoredTrial
 
-#: Tag of a parent run that sync made because the store never had the search's own (e.g. a new database).
-SYNCED_FROM_TAG = "tunetl.synced_from"
-STORAGE_TAG = "tunetl.storage"
 _PAGE = 1000
 
 
@@ -111,7 +108,7 @@ def _outcome_tags(trial: StoredTrial) -> dict[str, str]:
     if trial.diverged:
         tags[DIVERGED_TAG] = "true"
     if trial.status == "FAILED":
-        tags[ERROR_TAG] = (trial.error or "unknown error")[:MAX_ERROR_CHARS]
+        tags[ERROR_TAG] = (trial.error or "unknown error")[:MAX_TAG_CHARS]
     return tags
 
 

@@ -23,23 +23,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetl.records import (
+    EPOCHS_RUN,
+    ERROR_TAG,
+    MAX_TAG_CHARS,
+    ORPHAN_TAG,
+    PARENT_TAG,
+    RETRIED_ERROR_TAG,
+    STOPPED_EARLY_TAG,
+    TRIAL_ID_TAG,
+)
 from tunetl.tracking.retry import StoreRefused, StoreUnavailable, call, configured_wait_s, store_down, warn
 from tunetl.tracking.uri import redact, sqlite_file
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-PARENT_TAG = "mlflow.parentRunId"
-STOPPED_EARLY_TAG = "tunetl.stopped_early"
-ERROR_TAG = "tunetl.error"
-NODE_TAG = "tunetl.node"
-TRIAL_ID_TAG = "tunetl.trial_id"
-DIVERGED_TAG = "tunetl.diverged"
-RETRIED_ERROR_TAG = "tunetl.retried_error"
-ORPHAN_TAG = "tunetl.orphan"
-MAX_ERROR_CHARS = 5000
-#: Logged with each epoch (value = step = the epoch): the latest value is how many epochs a trial ran.
-EPOCHS_RUN = "epochs_run"
 _MAX_PARAM_CHARS = 6000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_TAGS_PER_BATCH = 100
@@ -323,7 +322,7 @@ class TrialLogger:
         if status == "FAILED":
             # The trial's own traceback (its tag) wins; `error` is what the driver knows (a killed worker).
             known = pending.tags.get(ERROR_TAG) or self._known_error(run_id) or error
-            run_tags[ERROR_TAG] = (known or "unknown error")[:MAX_ERROR_CHARS]
+            run_tags[ERROR_TAG] = (known or "unknown error")[:MAX_TAG_CHARS]
         if best_val_acc is not None and math.isfinite(best_val_acc):
             pending.metrics.append(Metric("best_val_acc", float(best_val_acc), int(time.time() * 1000), 0))
         pending.tags.update(run_tags)
