@@ -94,12 +94,22 @@ def run_plain(kind: str, p: Any, configs: list[dict[str, Any]], bundle: Any, wor
     log = "setup_mlflow" if kind == "setup_mlflow" else "none"
     trainable = tune.with_resources(tune.with_parameters(plain_trainable, bundle=bundle, log=log), {"cpu": 1})
     space = {"trial": tune.grid_search(configs), "tracking_uri": uri, "experiment": name}
+    # A user's script runs with Tune's default loggers (CSV, JSON, TensorBoard), which tunetl turns off in
+    # this process: bring them back for the hand-written searches.
+    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0"
     t0 = time.perf_counter()
     tuner = tune.Tuner(trainable, param_space=space,
                        tune_config=tune.TuneConfig(metric="val_acc", mode="max", reuse_actors=True),
                        run_config=tune.RunConfig(name=name, storage_path=str(work / "plain_runs"), verbose=0,
                                                  callbacks=callbacks))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if saved is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
     wall = time.perf_counter() - t0
     errors = sum(1 for r in grid if r.error)
     if errors:
