@@ -119,13 +119,19 @@ def test_optuna_two_objectives_under_hyperband_then_more_then_pareto(
 def test_pbt_perturbs_learning_rates_mid_run_and_mlflow_shows_it(tmp_path: Path, sqlite_uri: str) -> None:
     """Two trials, PBT after epoch 1 in lockstep: the worse one takes the better one's checkpoint and a
     perturbed lr_scale (x0.8 or x1.2), and its run's lr.lr_scale history changes value."""
-    from mlflow import MlflowClient
 
     over = _over("search_space.images_per_label=5", "searcher={type: random, num_samples: 2, seed: 0}",
                  "scheduler={type: pbt, perturbation_interval: 1, synch: true, resample_probability: 0, quantile_fraction: 0.5}",
                  epochs=2)
     summary = api.run(QUICK, overrides=over, tracking_uri=sqlite_uri, storage=tmp_path / "runs")
     assert summary.num_trials == 2 and summary.num_failed == 0
+    _assert_a_learning_rate_changed_mid_run(sqlite_uri)
+
+
+def _assert_a_learning_rate_changed_mid_run(sqlite_uri: str) -> None:
+    """Some trial's `lr.lr_scale` history takes two values, and that run names the trial it copied."""
+    from mlflow import MlflowClient
+
     frame = load_trials("quickstart", sqlite_uri)
     client = MlflowClient(sqlite_uri)
     changed = []
@@ -134,7 +140,7 @@ def test_pbt_perturbs_learning_rates_mid_run_and_mlflow_shows_it(tmp_path: Path,
         assert values, "every epoch records its learning rates"
         if len(set(values)) > 1:
             changed.append(run_id)
-    assert changed, "PBT changed no trial's learning rate"
+    assert changed, "the scheduler changed no trial's learning rate"
     for run_id in changed:
         assert "tunetl.pbt_donor" in client.get_run(run_id).data.tags
     assert (frame["epochs_run"] >= 2).all()
@@ -142,13 +148,20 @@ def test_pbt_perturbs_learning_rates_mid_run_and_mlflow_shows_it(tmp_path: Path,
 
 @pytest.mark.parametrize("scheduler", ["bohb", "pb2"])
 def test_bohb_and_pb2_run_grouped(tmp_path: Path, sqlite_uri: str, scheduler: str) -> None:
-    sched = "{type: bohb, reduction_factor: 2}" if scheduler == "bohb" else "{type: pb2, perturbation_interval: 1, quantile_fraction: 0.5}"
+    """BOHB's searcher proposes the configurations (distinct draws in the space); PB2, in lockstep after
+    epoch 1, moves the worse trial to the better one's checkpoint at a GP-chosen learning rate."""
+    sched = ("{type: bohb, reduction_factor: 2}" if scheduler == "bohb"
+             else "{type: pb2, perturbation_interval: 1, quantile_fraction: 0.5, synch: true}")
     over = _over(f"scheduler={sched}", "searcher={type: random, num_samples: 2, seed: 0}", epochs=2)
     summary = api.run(QUICK, overrides=over, tracking_uri=sqlite_uri, storage=tmp_path / "runs")
     assert summary.num_trials == 2 and summary.num_failed == 0
     frame = load_trials("quickstart", sqlite_uri)
     assert frame["lr_scale"].between(0.3, 3.0).all()
     assert _parent(sqlite_uri, summary.parent_run_id).data.params["scheduler"] == scheduler
+    if scheduler == "bohb":
+        assert frame["lr_scale"].nunique() == 2
+    else:
+        _assert_a_learning_rate_changed_mid_run(sqlite_uri)
 
 
 def test_random_search_stops_each_group_at_the_target(tmp_path: Path, sqlite_uri: str) -> None:
