@@ -417,29 +417,57 @@ def _error(err: BaseException, debug: bool, code: int, text: str | None = None, 
     return code
 
 
+def disk_full(err: BaseException) -> bool:
+    """Whether a full disk is behind an error (anywhere in its chain, or only in the text a library
+    wrapped it in: Ray and pyarrow re-raise it as their own exceptions)."""
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+DISK_FULL = ("a disk is full (No space left on device): free space where --storage, the MLflow store and "
+             "Ray's temporary folder (/tmp/ray, or RAY_TMPDIR) live, then run the same command: an unfinished "
+             "search resumes where it stopped")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     debug = bool(getattr(args, "debug", False))
     try:
         return func(args)
-    except _known_errors() as err:
-        from tunetl.config import ConfigError
-        from tunetl.models.weights import WeightsError
-        from tunetl.search.runner import SearchError
-
-        invalid = isinstance(err, (ConfigError, WeightsError, SearchError))
-        return _error(err, debug, EXIT_INVALID if invalid else EXIT_FAILED)
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        text = f"{where}{err.strerror or err}"
-        return _error(err, debug, EXIT_INVALID if err.filename else EXIT_FAILED, text)
     except KeyboardInterrupt:
         print("tunetl: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the CLI's last word: one line, never a traceback
-        return _error(err, debug, EXIT_FAILED, f"{type(err).__name__}: {str(err).strip() or 'no message'}",
-                      "" if debug else " (run again with --debug for the traceback)")
+        if disk_full(err):
+            return _error(err, debug, EXIT_FAILED, DISK_FULL)
+        return _failed(err, debug)
+
+
+def _failed(err: Exception, debug: bool) -> int:
+    """Exit 2 for input (a config, weights or search error, a named file), 1 for the rest."""
+    from tunetl.config import ConfigError
+    from tunetl.models.weights import WeightsError
+    from tunetl.search.runner import SearchError
+
+    if isinstance(err, _known_errors()):
+        invalid = isinstance(err, (ConfigError, WeightsError, SearchError))
+        return _error(err, debug, EXIT_INVALID if invalid else EXIT_FAILED)
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return _error(err, debug, EXIT_INVALID if err.filename else EXIT_FAILED, f"{where}{err.strerror or err}")
+    return _error(err, debug, EXIT_FAILED, f"{type(err).__name__}: {str(err).strip() or 'no message'}",
+                  "" if debug else " (run again with --debug for the traceback)")
 
 
 if __name__ == "__main__":

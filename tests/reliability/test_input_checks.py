@@ -162,3 +162,17 @@ def test_a_diverging_source_model_is_an_input_error_naming_the_learning_rate(tmp
     with pytest.raises(ConfigError, match=r"source model diverged .*training.base_lr=1e\+09"):
         train_source(exp, tmp_path, in_channels=1, log=False)
     assert not list(tmp_path.glob("sources/*.pt")), "a diverged source was cached"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_one_line_that_says_what_to_free(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Writing to /dev/full fails with ENOSPC as a full disk does (here inside pyarrow's parquet writer)."""
+    search = tmp_path / "runs" / "x_20260101-000000"
+    search.mkdir(parents=True)
+    (search / "tunetl_search.json").write_text(
+        '{"experiment": "x", "parent_run_id": "p", "finished": true, "fingerprint": "f", "config": {}}')
+    rc = cli.main(["export", "--from-storage", str(tmp_path / "runs"), "--out", "/dev/full"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "No space left on device" in err and "free space" in err and "run the same command" in err
+    assert cli.disk_full(RuntimeError("wrapped")) is False
