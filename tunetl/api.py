@@ -272,6 +272,7 @@ class SearchInterrupted(RuntimeError):
 def _search_to_resume(storage: Any, exp: ExperimentConfig, *, resume: bool, new: bool) -> str | None:
     """The search folder to continue: asked for (`resume`) or found unfinished with the same inputs."""
     from tunetl.search import runner as rn
+    from tunetl.search.state import read_state
 
     if new:
         if resume:
@@ -287,7 +288,7 @@ def _search_to_resume(storage: Any, exp: ExperimentConfig, *, resume: bool, new:
             running = f" ({busy} is being run by another tunetl process)" if busy else ""
             raise ConfigError(f"--resume: no earlier search of {exp.name!r} under {storage.display()}{running}")
         return None
-    if rn.read_state(storage, run_dir)["fingerprint"] != exp.fingerprint():
+    if read_state(storage, run_dir).fingerprint != exp.fingerprint():
         if resume:
             raise ConfigError(
                 f"--resume: the experiment or its search space changed since {run_dir} started; "
@@ -325,6 +326,7 @@ def run(
     """
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
+    from tunetl.search.state import SearchState, read_state, write_state
     from tunetl.tracking import SearchRecorder, adopt_credentials, check_tracking, resolve_tracking_uri
 
     p = plan(experiment, overrides, name)
@@ -376,21 +378,19 @@ def run(
             recorder.reopen_parent(parent)
             recorder.set_parent_tags({f"tunetl.more.{run_name}": json.dumps(
                 {"trials": more, "told": len(cont.told), "after": cont.run_dir})})
-            rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
-                                             "experiment": exp.name, "tracking_uri": uri, "finished": False,
-                                             "config": exp.model_dump(mode="json"), "more_of": cont.run_dir})
+            write_state(store, run_name, SearchState(exp.fingerprint(), parent, exp.name, uri,
+                                                     config=exp.model_dump(mode="json"), more_of=cont.run_dir))
         elif store.exists(run_name, rn.STATE_FILE):
-            state = rn.read_state(store, run_name)
-            parent = state["parent_run_id"]
+            state = read_state(store, run_name)
+            parent = state.parent_run_id
             recorder.reopen_parent(parent)
-            rn.write_state(store, run_name, {**state, "finished": False})
+            write_state(store, run_name, state.but(finished=False))
         else:
             parent = recorder.start_parent(_parent_params(exp, p),
                                            tags={STORAGE_TAG: str(run_path), **_skipped_tag(p),
                                                  **_source_tags(bundles, store), **prune_tags})
-            rn.write_state(store, run_name, {"fingerprint": exp.fingerprint(), "parent_run_id": parent,
-                                             "experiment": exp.name, "tracking_uri": uri, "finished": False,
-                                             "config": exp.model_dump(mode="json")})
+            write_state(store, run_name, SearchState(exp.fingerprint(), parent, exp.name, uri,
+                                                     config=exp.model_dump(mode="json")))
         try:  # from here on, any stop (Ctrl-C while Tune loads, an error) closes the parent run
             if rn.can_restore(store, run_name):
                 logger = recorder.trial_logger()
@@ -447,7 +447,7 @@ def _finish(
     p: Plan, bundles: list[Any],
 ) -> RunSummary:
     """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
-    from tunetl.search import runner as rn
+    from tunetl.search.state import read_state, write_state
     from tunetl.tracking import load_trials
 
     failed = outcome.num_errors
@@ -467,7 +467,7 @@ def _finish(
             "FINISHED" if outcome.num_trials > failed else "FAILED",
             summary={"num_trials": outcome.num_trials, "num_failed": failed, **delivery.parent_metrics},
         )
-        rn.mark_state(store, run_name, finished=True)
+        write_state(store, run_name, read_state(store, run_name).but(finished=True))
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
                          outcome.seconds, frame, best_table(frame), delivery)
     if outcome.interrupted:

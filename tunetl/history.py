@@ -57,12 +57,12 @@ def continuation(store: Any, exp: ExperimentConfig, space: Any, uri: str, tasks:
         raise ConfigError(f"--more: no finished search of {exp.name!r} under {store.display()}; run it first "
                           "(or finish it with --resume)")
     run_dir, state = finished
-    changed = space_changes(_comparable(state.get("config") or {}), _comparable(exp.model_dump(mode="json")))
+    changed = space_changes(_comparable(state.config), _comparable(exp.model_dump(mode="json")))
     if changed:
         raise ConfigError(f"--more: the experiment changed since {run_dir}: {', '.join(changed)} differ; "
                           "--more adds trials to the same search (only searcher.num_samples and run.* may "
                           "change); run without --more to start a new search")
-    parent = state["parent_run_id"]
+    parent = state.parent_run_id
     frame = load_trials(exp.name, uri, parent_run_id=parent)
     told = seeds_from_trials(frame, space, objectives(exp), tasks=tasks, origin=f"--more of {run_dir}")
     return Continuation(run_dir, parent, told, len(frame))

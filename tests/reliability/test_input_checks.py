@@ -143,10 +143,11 @@ def test_resume_finds_the_search_of_its_own_name_not_one_that_shares_the_prefix(
     import json
 
     from tunetl.search import runner as rn
+    from tunetl.search.state import SearchState, write_state
 
     store = rn.open_storage(tmp_path)
     for folder in ("conc_20260101-000000", "conc_other_20260101-000001", "conc_x"):
-        rn.write_state(store, folder, {"fingerprint": folder, "finished": False})
+        write_state(store, folder, SearchState(folder, None, folder.rsplit("_", 1)[0]))
     assert rn.latest_run_dir(store, "conc") == "conc_20260101-000000"
     assert rn.unfinished_run_dir(store, "conc")[0] == "conc_20260101-000000"
     assert rn.latest_run_dir(store, "conc_other") == "conc_other_20260101-000001"

@@ -10,6 +10,7 @@ import pytest
 from tunetl import api
 from tunetl.config import ConfigError, load_experiment
 from tunetl.search import runner as rn
+from tunetl.search.state import SearchState, write_state
 
 QUICK = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 
@@ -17,8 +18,7 @@ QUICK = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 def _unfinished(storage: Path, name: str) -> rn.Storage:
     store = rn.open_storage(storage)
     exp = load_experiment(QUICK)
-    rn.write_state(store, name, {"fingerprint": exp.fingerprint(), "parent_run_id": "p", "experiment": exp.name,
-                                 "tracking_uri": "sqlite:///x.db", "finished": False})
+    write_state(store, name, SearchState(exp.fingerprint(), "p", exp.name, "sqlite:///x.db"))
     return store
 
 
@@ -48,3 +48,17 @@ def test_the_newest_unfinished_search_no_driver_holds_is_the_one_resumed(tmp_pat
         assert rn.unfinished_run_dir(store, "quickstart") == ("quickstart_20260101-000000", "quickstart_20260102-000000")
     finally:
         newer.release()
+
+
+def test_the_state_file_round_trips_and_reads_older_files(tmp_path: Path) -> None:
+    """One schema: what the driver writes reads back equal; a file without newer fields (or with unknown
+    ones) still reads, and a file that is not a JSON object is refused."""
+    from tunetl.search.state import read_state
+
+    store = rn.open_storage(tmp_path)
+    state = SearchState("f", "p", "quickstart", "sqlite:///x.db", config={"name": "quickstart"})
+    write_state(store, "quickstart_20260101-000000", state.but(finished=True))
+    assert read_state(store, "quickstart_20260101-000000") == state.but(finished=True)
+    assert SearchState.from_json('{"fingerprint": "f", "parent_run_id": "p", "extra": 1}') == SearchState("f", "p", "")
+    with pytest.raises(ValueError, match="JSON object"):
+        SearchState.from_json("[1, 2]")

@@ -32,6 +32,7 @@ from tunetl.records import (
     STATE_FILE,
     TRIAL_ID_TAG,
 )
+from tunetl.search.state import SearchState
 from tunetl.search.storage import Storage, StorageError
 
 if TYPE_CHECKING:
@@ -176,15 +177,15 @@ def _stored_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str
     return out
 
 
-def _fallback_params(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _fallback_params(state: SearchState, config: dict[str, Any]) -> dict[str, Any]:
     """Search parameters rebuilt from the Tune config when no result carried the run's params."""
     from tunetl.config import ExperimentConfig
     from tunetl.search.space import parse_space
     from tunetl.search.tune_space import trial_params, trial_seed
 
-    if "config" not in state:
+    if not state.config:
         return {}
-    exp = ExperimentConfig.model_validate(state["config"])
+    exp = ExperimentConfig.model_validate(state.config)
     params = trial_params(parse_space(exp.search_space), config)
     backbone = params.get("backbone") or exp.backbone
     return {**params, "backbone": backbone, "seed": trial_seed(config, exp.seeds), "epochs": exp.training.epochs}
@@ -204,7 +205,7 @@ def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _trial(
     trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None,
-    error_text: str | None, state: dict[str, Any],
+    error_text: str | None, state: SearchState,
 ) -> StoredTrial | None:
     lines = read_result_lines(folder / "result.json")
     record = next((json.loads(line[RECORD_KEY]) for line in lines if line.get(RECORD_KEY)), None)
@@ -218,7 +219,7 @@ def _trial(
     diverged = bool(last.get(DIVERGED_KEY, False))
     best = last.get("best_val_acc")
     mapped = _STATUS.get(status, "RUNNING")
-    planned = params.get("epochs") or (state.get("config") or {}).get("training", {}).get("epochs")
+    planned = params.get("epochs") or state.config.get("training", {}).get("epochs")
     ran = epochs[-1]["epoch"] if epochs else 0
     error = None
     if mapped == "FAILED":
@@ -244,16 +245,16 @@ def read_search(path: Path, shown: str | None = None) -> StoredSearch:
     path = path.resolve()
     state_path = path / STATE_FILE
     try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError) as err:
+        state = SearchState.from_json(state_path.read_text())
+    except (OSError, ValueError, TypeError) as err:
         raise StorageError(f"{shown or state_path}: cannot read tunetl's search state ({err})") from None
     found = _stored_trials(path)
     trials = [t for tid, info in sorted(found.items()) if (t := _trial(tid, *info, state)) is not None]
     return StoredSearch(
         path=shown or str(path),
-        experiment=str(state.get("experiment") or path.name.rsplit("_", 1)[0]),
-        parent_run_id=state.get("parent_run_id"),
-        tracking_uri=state.get("tracking_uri"),
+        experiment=state.experiment or path.name.rsplit("_", 1)[0],
+        parent_run_id=state.parent_run_id,
+        tracking_uri=state.tracking_uri,
         trials=trials,
     )
 

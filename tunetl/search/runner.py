@@ -8,7 +8,6 @@ stops never runs code after its last report.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,6 +25,7 @@ from tunetl.records import DIVERGED_KEY, DIVERGED_TAG, RUN_ID_KEY, STATE_FILE
 from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.space import SearchSpace
+from tunetl.search.state import SearchState, read_state
 from tunetl.search.storage import Storage, StorageError
 from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
 from tunetl.search.tune_space import (
@@ -387,19 +387,6 @@ def build_tuner(
     )
 
 
-def write_state(storage: Storage, run: str, body: dict[str, Any]) -> None:
-    """Write a search's state file whole (a killed driver never leaves half a file)."""
-    storage.write_text(json.dumps(body, indent=2), run, STATE_FILE)
-
-
-def read_state(storage: Storage, run: str) -> dict[str, Any]:
-    return dict(json.loads(storage.read_text(run, STATE_FILE)))
-
-
-def mark_state(storage: Storage, run: str, **fields: Any) -> None:
-    write_state(storage, run, {**read_state(storage, run), **fields})
-
-
 class DriverLock:
     """Held by the driver of a search for as long as it runs (the kernel drops it if the driver is killed),
     so that a second `tunetl run` never resumes a search another driver is still running. On object
@@ -454,14 +441,14 @@ def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
     return runs[-1] if runs else None
 
 
-def finished_run_dir(storage: Storage, experiment_name: str) -> tuple[str, dict[str, Any]] | None:
+def finished_run_dir(storage: Storage, experiment_name: str) -> tuple[str, SearchState] | None:
     """The newest finished search of this experiment (folder name, state), or None."""
     for run in reversed(_searches_of(storage, experiment_name)):
         try:
             state = read_state(storage, run)
         except (OSError, ValueError):
             continue
-        if state.get("finished"):
+        if state.finished:
             return run, state
     return None
 
@@ -471,7 +458,7 @@ def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | No
     busy = None
     for run in reversed(_searches_of(storage, experiment_name)):
         try:
-            if read_state(storage, run).get("finished"):
+            if read_state(storage, run).finished:
                 continue
         except (OSError, ValueError):
             continue
