@@ -191,7 +191,7 @@ def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> float
     """Start a local Ray the way tunetl does (`num_gpus` only to declare a logical GPU); returns seconds."""
     import ray
 
-    from tunetl.search.runner import init_ray
+    from tunetl.search.preflight import init_ray
 
     t0 = time.perf_counter()
     if num_gpus is None:

@@ -45,7 +45,7 @@ def trial_grid(experiment_path: Path, overrides: list[str]) -> tuple[Any, list[d
 def _bundle(p: Any, storage: Path) -> Any:
     """The task bundle exactly as `tunetl run` builds it (source weights from the shared cache)."""
     from tunetl import api
-    from tunetl.search.runner import open_storage
+    from tunetl.search.preflight import open_storage
 
     return api._bundles(p, open_storage(storage))[0]
 

@@ -324,6 +324,7 @@ def run(
     `more=N` adds N trials (per seed) to the newest finished random/Optuna search instead: its finished
     trials are told to the searcher and the new ones join its parent run.
     """
+    from tunetl.search import preflight as pf
     from tunetl.search import runner as rn
     from tunetl.search.space import describe
     from tunetl.search.state import SearchState, read_state, write_state
@@ -338,9 +339,9 @@ def run(
     _check_model_name(exp.output.register_model)
     uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
     check_tracking(uri)
-    store = rn.open_storage(storage)
-    rn.check_local_storage(store)
-    rn.check_address(address)
+    store = pf.open_storage(storage)
+    pf.check_local_storage(store)
+    pf.check_address(address)
     started = time.perf_counter()
     cont = None
     if more is not None:
@@ -360,18 +361,18 @@ def run(
     # MLflow's import and store set-up (1.5-1.8 s) overlap Ray's start (about 4 s).
     with ThreadPoolExecutor(1, thread_name_prefix="tunetl-mlflow") as pool:
         recorder_ready = pool.submit(SearchRecorder, uri, exp.name)
-        rn.init_ray(address, num_cpus=num_cpus)
+        pf.init_ray(address, num_cpus=num_cpus)
         recorder = recorder_ready.result()
-    rn.check_resources(exp)
-    rn.check_storage(store)
-    rn.check_data([task for _, task in p.tasks])
+    pf.check_resources(exp)
+    pf.check_storage(store)
+    pf.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     prune_tags = _prune_backbones(p, bundles)
     run_name = run_name or rn.new_run_name(exp.name)
     run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
     lock = rn.DriverLock(store, run_name)
     if not lock.acquire():
-        raise rn.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
+        raise pf.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
     try:
         if cont is not None:
             parent = cont.parent_run_id

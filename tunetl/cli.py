@@ -382,7 +382,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from tunetl.config import ConfigError
     from tunetl.models.weights import WeightsError
-    from tunetl.search.runner import SearchError
+    from tunetl.search.preflight import SearchError
 
     errors: list[type[BaseException]] = [ConfigError, WeightsError, SearchError]
     try:
@@ -458,7 +458,7 @@ def _failed(err: Exception, debug: bool) -> int:
     """Exit 2 for input (a config, weights or search error, a named file), 1 for the rest."""
     from tunetl.config import ConfigError
     from tunetl.models.weights import WeightsError
-    from tunetl.search.runner import SearchError
+    from tunetl.search.preflight import SearchError
 
     if isinstance(err, _known_errors()):
         invalid = isinstance(err, (ConfigError, WeightsError, SearchError))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunetl import api
-from tunetl.search.runner import SearchError
+from tunetl.search.preflight import SearchError
 from tunetl.tracking import load_trials
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_streamed_data_every_node_reads_passes_and_a_driver_only_path_fails(
     from tunetl.data import DatasetSpec
     from tunetl.data.folder import decode_image, load_folder
     from tunetl.data.imageset import StreamingImageSet
-    from tunetl.search.runner import check_data, streamed_samples
+    from tunetl.search.preflight import check_data, streamed_samples
 
     folder = _png_folder(tmp_path / "imgs")
     task = load_folder(DatasetSpec(path=str(folder)), memory_limit_bytes=0)

@@ -49,7 +49,7 @@ def test_rank_cli_scores_lite_backbones_and_records_them(sqlite_uri: str, capsys
 
 def _prune_plan(tmp_path: Path, source: dict | None) -> tuple[api.Plan, list]:
     """A real plan over two backbones and its real bundles (source weights and features per backbone)."""
-    from tunetl.search import runner as rn
+    from tunetl.search.preflight import open_storage
 
     exp = {"name": "p", "dataset": {"builtin": "digits", "classes": [5, 6, 7]}, "searcher": {"prune_backbones": 1},
            "training": {"epochs": 1, "image_size": 16},
@@ -58,7 +58,7 @@ def _prune_plan(tmp_path: Path, source: dict | None) -> tuple[api.Plan, list]:
     if source:
         exp["source"] = source
     plan = api.plan(exp)
-    return plan, api._bundles(plan, rn.open_storage(tmp_path / "runs"))
+    return plan, api._bundles(plan, open_storage(tmp_path / "runs"))
 
 
 def test_prune_backbones_keeps_the_top_k_and_says_so(tmp_path: Path) -> None:

@@ -143,9 +143,10 @@ def test_resume_finds_the_search_of_its_own_name_not_one_that_shares_the_prefix(
     import json
 
     from tunetl.search import runner as rn
+    from tunetl.search.preflight import open_storage
     from tunetl.search.state import SearchState, write_state
 
-    store = rn.open_storage(tmp_path)
+    store = open_storage(tmp_path)
     for folder in ("conc_20260101-000000", "conc_other_20260101-000001", "conc_x"):
         write_state(store, folder, SearchState(folder, None, folder.rsplit("_", 1)[0]))
     assert rn.latest_run_dir(store, "conc") == "conc_20260101-000000"

@@ -10,13 +10,15 @@ import pytest
 from tunetl import api
 from tunetl.config import ConfigError, load_experiment
 from tunetl.search import runner as rn
+from tunetl.search.preflight import open_storage
 from tunetl.search.state import SearchState, write_state
+from tunetl.search.storage import Storage
 
 QUICK = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 
 
-def _unfinished(storage: Path, name: str) -> rn.Storage:
-    store = rn.open_storage(storage)
+def _unfinished(storage: Path, name: str) -> Storage:
+    store = open_storage(storage)
     exp = load_experiment(QUICK)
     write_state(store, name, SearchState(exp.fingerprint(), "p", exp.name, "sqlite:///x.db"))
     return store
@@ -55,7 +57,7 @@ def test_the_state_file_round_trips_and_reads_older_files(tmp_path: Path) -> Non
     ones) still reads, and a file that is not a JSON object is refused."""
     from tunetl.search.state import read_state
 
-    store = rn.open_storage(tmp_path)
+    store = open_storage(tmp_path)
     state = SearchState("f", "p", "quickstart", "sqlite:///x.db", config={"name": "quickstart"})
     write_state(store, "quickstart_20260101-000000", state.but(finished=True))
     assert read_state(store, "quickstart_20260101-000000") == state.but(finished=True)

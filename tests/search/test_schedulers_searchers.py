@@ -67,7 +67,7 @@ def test_optuna_two_objectives_under_hyperband_then_more_then_pareto(
 
     # What --more tells the searcher: every finished configuration with its two objectives.
     from tunetl.history import continuation
-    from tunetl.search.runner import open_storage
+    from tunetl.search.preflight import open_storage
     from tunetl.search.searchers import build_searcher
 
     p = api.plan(QUICK, [*over, "searcher.num_samples=1"])
