@@ -1,33 +1,22 @@
-"""Plots and tables from the trials frame: what `tunetl report` writes.
-
-Every number comes from `tunetl.meta.analysis`, so a report never disagrees with the analyses or
-with `tunetl best`. Output is deterministic (fixed file names, no timestamps, PNG metadata
-stripped) so that a report can be committed and diffed, and a second run over the same records
-rewrites the same bytes.
-"""
+"""The report's sections, each from `tunetl.meta.analysis` numbers: conditions, frozen depth, IL/LL,
+alpha, graduated scale, top trials, learning curves."""
 
 from __future__ import annotations
 
-import html
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tunetl.meta.analysis import (
-    DEFAULT_METRIC,
     DEFAULT_TASK_COLS,
     alpha_beta,
     condition_names,
     condition_pivot,
     condition_sort_key,
     condition_table,
-    finished_trials,
     freeze_heuristic,
     ipl_label,
     ipl_sort_key,
@@ -35,19 +24,30 @@ from tunetl.meta.analysis import (
     scale_table,
 )
 from tunetl.params import SEARCH_PARAMS
+from tunetl.report.plots import (
+    MAX_GRID_VALUES,
+    MAX_PANELS,
+    _cap_note,
+    _colors,
+    _figure,
+    _legend,
+    _log_axis,
+    _metric_name,
+    _panel_groups,
+    _pct_axis,
+    _save,
+)
+from tunetl.report.tables import (
+    _cell,
+    _missing,
+    _num,
+    _Section,
+    _table,
+    _varying,
+    _varying_cols,
+)
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-FIGSIZE = (7.0, 4.5)
-DPI = 120
 TOP_TRIALS = 10
-#: More panels than this would be unreadable; the caption says how many were left out.
-MAX_PANELS = 6
-#: Above this many distinct IL or LL values (a random search) points are scattered, not joined.
-MAX_GRID_VALUES = 8
-
 PLOTS: dict[str, str] = {
     "conditions": "accuracy_by_condition.png",
     "inner_lr": "accuracy_vs_inner_lr.png",
@@ -56,22 +56,6 @@ PLOTS: dict[str, str] = {
     "curves": "learning_curves.png",
     "pareto": "pareto_front.png",
 }
-TABLES: tuple[str, ...] = (
-    "conditions",
-    "freeze_heuristic",
-    "alpha_beta",
-    "scale_table",
-    "scale_summary",
-    "top_trials",
-    "pareto_front",
-)
-#: Every file this module may write; ones a later report does not write are removed as stale.
-OUTPUT_FILES: tuple[str, ...] = (
-    *PLOTS.values(),
-    *(f"{t}.{ext}" for t in TABLES for ext in ("md", "csv")),
-    "index.md",
-    "index.html",
-)
 _TOP_COLS = (
     "run_id",
     *(k for k in SEARCH_PARAMS if k != "augment"),
@@ -82,270 +66,6 @@ _TOP_COLS = (
     "epochs_run",
     "stopped_early",
 )
-_NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf|nan)|^(n/a|all)$", re.IGNORECASE)
-_CSS = (
-    "body{font-family:sans-serif;max-width:62em;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em}"
-    "th,td{border:1px solid #bbb;padding:.2em .6em}th{background:#eee}td.num{text-align:right}"
-    "img{max-width:100%}p.caption{color:#444}"
-)
-
-
-@dataclass
-class _Table:
-    """A table as written to CSV (`data`) and as shown in Markdown/HTML (`headers`, `rows`)."""
-
-    stem: str
-    data: pd.DataFrame
-    headers: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class _Section:
-    heading: str
-    caption: str
-    image: str | None = None
-    text: str | None = None
-    table: _Table | None = None
-
-
-# --- formatting ----------------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, (float, np.floating)) and math.isnan(value)
-
-
-def _num(value: float) -> str:
-    """Short, exact-looking numbers: 0.001, 1e-05, 0.25, 16."""
-    return f"{float(value):.4g}"
-
-
-def _cell(column: str, value: Any) -> str:
-    """One table cell as text; `_pct` columns get one decimal like the seeds' tables."""
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_cell("", v) for v in value) + "]"
-    if _missing(value):
-        return "n/a"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if column == "images_per_label":
-        return ipl_label(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.1f}" if column.endswith("_pct") else _num(value)
-    return str(value)
-
-
-def _table(stem: str, data: pd.DataFrame, shown: pd.DataFrame | None = None) -> _Table:
-    """CSV data plus its printable cells (`shown` overrides cells, e.g. "97.1 ± 0.4")."""
-    view = data if shown is None else shown
-    headers = [str(c) for c in view.columns]
-    rows = [
-        [_cell(str(c), v) for c, v in zip(view.columns, r)] for r in view.itertuples(index=False)
-    ]
-    return _Table(stem, data, headers, rows)
-
-
-def _md_table(table: _Table) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    numeric = _numeric_columns(table)
-    lines = [
-        "| " + " | ".join(esc(h) for h in table.headers) + " |",
-        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
-    ]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table.rows]
-    return "\n".join(lines)
-
-
-def _html_table(table: _Table) -> str:
-    numeric = _numeric_columns(table)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{html.escape(c)}</td>' if n else f"<td>{html.escape(c)}</td>"
-            for c, n in zip(row, numeric)
-        )
-        + "</tr>\n"
-        for row in table.rows
-    )
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
-
-
-def _numeric_columns(table: _Table) -> list[bool]:
-    """Right-align a column when every cell reads as a number."""
-    return [
-        bool(table.rows) and all(_NUMBER.match(row[i]) for row in table.rows)
-        for i in range(len(table.headers))
-    ]
-
-
-def _varying(df: pd.DataFrame, col: str) -> bool:
-    """Whether `col` exists and takes at least two distinct non-missing values."""
-    if col not in df.columns:
-        return False
-    values = df[col].dropna()
-    return values.map(lambda v: v if not isinstance(v, list) else tuple(v)).nunique() > 1
-
-
-def _task_label(row: Mapping[str, Any], cols: Sequence[str]) -> str:
-    """ "digits[5,6] from digits[0,1], 10/label" built from the columns that identify the task."""
-    parts = []
-    for col in cols:
-        value = row[col]
-        if _missing(value):
-            continue
-        if col == "images_per_label":
-            parts.append(f"{ipl_label(value)} img/label")
-        elif col == "source":
-            parts.append(f"from {value}")
-        else:
-            parts.append(str(value))
-    return ", ".join(parts) or "all trials"
-
-
-def _varying_cols(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
-    return [c for c in cols if c in df.columns and df[c].astype(str).nunique() > 1]
-
-
-# --- plotting helpers ----------------------------------------------------------------------------
-
-
-def _figure(panels: int = 1) -> tuple[Figure, list[Axes]]:
-    """A figure with `panels` axes (two per row beyond one), sized to stay readable."""
-    from matplotlib.figure import Figure
-
-    cols = 1 if panels == 1 else 2
-    rows = math.ceil(panels / cols)
-    size = FIGSIZE if panels == 1 else (10.0, 3.6 * rows + 0.6)
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    for ax in axes[:panels]:
-        ax.grid(True, alpha=0.3)
-    return fig, axes[:panels]
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """PNG without the Software/date metadata, so that equal plots give equal bytes."""
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
-
-
-def _colors(n: int, ordered: bool) -> list[Any]:
-    """A sequential palette for ordered series (sizes, rates), categorical otherwise."""
-    from matplotlib import colormaps
-
-    if ordered and n > 1:
-        cmap = colormaps["viridis"]
-        return [cmap(0.85 * i / (n - 1)) for i in range(n)]
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
-
-
-def _log_axis(ax: Axes, values: Sequence[float], axis: str = "x") -> Callable[[float], float]:
-    """Log axis that still shows 0: zero sits at its own tick, left of a "//" break.
-
-    Limits come from `values`, not from one panel's data, so panels share ticks and the zero tick.
-    Returns the map from a value to its plotted position (identity for positive values).
-    """
-    positive = sorted({float(v) for v in values if v > 0})
-    has_zero = any(v == 0 for v in values)
-    if not positive:
-        return lambda v: v
-    lo, hi = positive[0], positive[-1]
-    gap = 10 ** max(1.0, round(math.log10(hi / lo) / 4)) if hi > lo else 10.0
-    zero_at = lo / gap
-    set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
-    set_scale("log")
-    if len(positive) <= MAX_GRID_VALUES:
-        ticks = positive
-    else:
-        ticks = [10.0**k for k in range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)]
-    labels = [_num(t) for t in ticks]
-    if has_zero:
-        ticks, labels = [zero_at, *ticks], ["0", *labels]
-    from matplotlib.ticker import NullLocator
-
-    start = zero_at if has_zero else lo
-    margin = 10 ** max(0.1, 0.05 * math.log10(hi / start))
-    (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(NullLocator())
-    (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, labels)
-    (ax.set_xlim if axis == "x" else ax.set_ylim)(start / margin, hi * margin)
-    if has_zero:
-        brk = math.sqrt(zero_at * lo)
-        on_x = axis == "x"
-        ax.text(
-            *((brk, 0) if on_x else (0, brk)),
-            "//",
-            transform=ax.get_xaxis_transform() if on_x else ax.get_yaxis_transform(),
-            ha="center",
-            va="center",
-            fontsize=11,
-            backgroundcolor="white",
-            clip_on=False,
-            rotation=0 if on_x else 90,
-        )
-    return lambda v: zero_at if v == 0 else float(v)
-
-
-def _legend(fig: Figure, axes: list[Axes], title: str) -> None:
-    """One legend: inside a single panel with few lines, else outside on the right."""
-    if len(axes) == 1:
-        many = len(axes[0].get_legend_handles_labels()[1]) > 4
-        axes[0].legend(
-            title=title,
-            fontsize=9,
-            title_fontsize=9,
-            loc="upper left" if many else "best",
-            bbox_to_anchor=(1.01, 1.0) if many else None,
-            framealpha=0.9,
-        )
-        return
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, title=title, fontsize=9, title_fontsize=9, loc="outside right upper"
-    )
-
-
-def _pct_axis(ax: Axes, metric: str, axis: str = "y") -> None:
-    label = f"{_metric_name(metric)} (%)"
-    (ax.set_ylabel if axis == "y" else ax.set_xlabel)(label)
-
-
-def _metric_name(metric: str) -> str:
-    return {
-        "best_val_acc": "best validation accuracy",
-        "val_acc": "final validation accuracy",
-        "train_acc": "final training accuracy",
-    }.get(metric, metric)
-
-
-def _panel_groups(df: pd.DataFrame, cols: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
-    """Split a table into panels by the `cols` that vary, titled by their values."""
-    varying = _varying_cols(df, cols)
-    if not varying:
-        return [("", df)]
-    groups = []
-    for _, part in df.groupby(varying, dropna=False, sort=False):
-        groups.append((_task_label(part.iloc[0], varying), part))
-    if "images_per_label" in varying:
-        groups.sort(key=lambda g: ipl_sort_key(g[1]["images_per_label"].iloc[0]))
-    return groups
-
-
-def _cap_note(total: int) -> str:
-    return (
-        f" Only the first {MAX_PANELS} of {total} panels are drawn." if total > MAX_PANELS else ""
-    )
-
 
 # --- sections ------------------------------------------------------------------------------------
 
@@ -766,153 +486,3 @@ def _trial_label(row: pd.Series) -> str:
     return ", ".join(parts)
 
 
-# --- assembly ------------------------------------------------------------------------------------
-
-
-def _overview(frame: pd.DataFrame, done: pd.DataFrame, metric: str) -> str:
-    """One paragraph on what the report covers, from the frame itself (no clock, no host)."""
-    counts = frame["status"].astype(str).value_counts() if "status" in frame.columns else None
-    status = (
-        ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-        if counts is not None
-        else ""
-    )
-    early = (
-        int(frame["stopped_early"].fillna(False).astype(bool).sum())
-        if "stopped_early" in frame
-        else 0
-    )
-    parts = [f"{len(frame)} trials ({status}; {early} stopped early by the scheduler)"]
-    for col, name in (("dataset", "target"), ("source", "source"), ("backbone", "backbone")):
-        if col in done.columns:
-            values = sorted({str(v) for v in done[col].dropna()})
-            if values:
-                parts.append(f"{name}: {', '.join(values)}")
-    parts.append(f"metric: {_metric_name(metric)} ({metric}), as a percentage")
-    return "; ".join(parts) + "."
-
-
-def _render_md(title: str, overview: str, sections: list[_Section]) -> str:
-    lines = [f"# {title}", "", overview, ""]
-    for s in sections:
-        lines += [f"## {s.heading}", "", s.caption, ""]
-        if s.image:
-            lines += [f"![{s.heading}]({s.image})", ""]
-        if s.text:
-            lines += [f"**{s.text}**", ""]
-        if s.table:
-            lines += [_md_table(s.table), "", f"CSV: [{s.table.stem}.csv]({s.table.stem}.csv)", ""]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """Caption text for HTML: escaped, with Markdown `code` spans kept as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def _render_html(title: str, overview: str, sections: list[_Section]) -> str:
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        f'<head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head>',
-        "<body>",
-        f"<h1>{e(title)}</h1>",
-        f"<p>{e(overview)}</p>",
-    ]
-    for s in sections:
-        parts += [f"<h2>{e(s.heading)}</h2>", f'<p class="caption">{_inline(s.caption)}</p>']
-        if s.image:
-            parts.append(f'<img src="{e(s.image)}" alt="{e(s.heading)}">')
-        if s.text:
-            parts.append(f"<p><strong>{e(s.text)}</strong></p>")
-        if s.table:
-            parts += [
-                _html_table(s.table),
-                f'<p><a href="{e(s.table.stem)}.csv">{e(s.table.stem)}.csv</a></p>',
-            ]
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
-
-
-def _pick_metric(frame: pd.DataFrame, metric: str) -> str:
-    """`best_val_acc` when recorded, else the last `val_acc` (runs killed before their end)."""
-    if metric in frame.columns and pd.to_numeric(frame[metric], errors="coerce").notna().any():
-        return metric
-    if metric == DEFAULT_METRIC and "val_acc" in frame.columns:
-        return "val_acc"
-    return metric
-
-
-def _pareto_section(frame: pd.DataFrame, out: Path) -> list[_Section]:
-    """Accuracy vs training seconds (a multi-objective search records them), the front joined."""
-    from tunetl.config import OBJECTIVE_COLUMN
-    from tunetl.pareto import pareto_front
-
-    cost = next((n for n in ("train_seconds", "num_params") if frame.get(n) is not None
-                 and frame[n].notna().any()), None)
-    if cost is None:
-        return []
-    done = frame[frame["status"] == "FINISHED"].dropna(subset=["best_val_acc", cost])
-    front = pareto_front(done, ["val_acc", cost]).sort_values(OBJECTIVE_COLUMN[cost])
-    fig, (ax,) = _figure()
-    ax.scatter(done[cost], done["best_val_acc"] * 100, color="#bbb", label="trial")
-    ax.plot(front[cost], front["best_val_acc"] * 100, "o-", color="C3", label="Pareto front")
-    ax.set_xlabel("training seconds" if cost == "train_seconds" else "trained parameters")
-    ax.set_ylabel("best validation accuracy (%)")
-    ax.legend()
-    _save(fig, out / PLOTS["pareto"])
-    keep = [c for c in (*_TOP_COLS, "best_val_acc", cost) if c in front.columns and (c in ("run_id", "best_val_acc",
-                                                                                         cost) or _varying(done, c))]
-    return [_Section("Pareto front", f"Trials no other trial beats on both accuracy and {cost} ({len(front)} of "
-                     f"{len(done)}).", image=PLOTS["pareto"], table=_table("pareto_front", front[keep]))]
-
-
-def write_report(
-    frame: pd.DataFrame,
-    out_dir: str | Path,
-    title: str,
-    curves: Mapping[str, pd.DataFrame] | None = None,
-    metric: str = DEFAULT_METRIC,
-) -> Path:
-    """Write the plots, tables, index.md and index.html for a trials frame; return index.md.
-
-    Each plot or table appears only when the frame holds what it needs (several conditions,
-    varying inner_lr, varying lr_scale, curves given). Files this module wrote before but does not
-    write now are removed, so the folder always matches its index. Raises ValueError when no trial
-    finished with a finite metric.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"report folder {out} is a file; pass --out a folder path")
-    metric = _pick_metric(frame, metric)
-    done = finished_trials(frame, metric)
-    out.mkdir(parents=True, exist_ok=True)
-    sections = [
-        *_conditions_section(done, metric, out),
-        *_freeze_section(done, metric),
-        *_inner_lr_sections(done, metric, out),
-        *_scale_sections(done, metric, out),
-        *_curves_section(curves or {}, done, metric, out),
-        _top_section(done, metric),
-        *_pareto_section(frame, out),
-    ]
-    written = {s.image for s in sections if s.image}
-    for s in sections:
-        if s.table:
-            s.table.data.to_csv(out / f"{s.table.stem}.csv", index=False, lineterminator="\n")
-            md = f"# {s.heading}\n\n{s.caption}\n\n"
-            md += f"**{s.text}**\n\n" if s.text else ""
-            (out / f"{s.table.stem}.md").write_text(
-                md + _md_table(s.table) + "\n", encoding="utf-8"
-            )
-            written |= {f"{s.table.stem}.csv", f"{s.table.stem}.md"}
-    overview = _overview(frame, done, metric)
-    index = out / "index.md"
-    index.write_text(_render_md(title, overview, sections), encoding="utf-8")
-    (out / "index.html").write_text(_render_html(title, overview, sections), encoding="utf-8")
-    written |= {"index.md", "index.html"}
-    for name in OUTPUT_FILES:
-        if name not in written and (out / name).is_file():
-            (out / name).unlink()
-    return index
