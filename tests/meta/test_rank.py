@@ -79,3 +79,22 @@ def test_prune_backbones_without_scores_is_refused(tmp_path: Path) -> None:
     plan, bundles = _prune_plan(tmp_path, None)
     with pytest.raises(api.ConfigError, match="prune_backbones: no logme score"):
         api._prune_backbones(plan, bundles)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 100), (120, 16)])
+def test_hscore_equals_the_direct_ledoit_wolf_formula(n: int, d: int) -> None:
+    from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
+
+    from tunetl.meta.transferability import ledoit_wolf_shrinkage as shrinkage
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, n)
+    f = np.maximum(rng.normal(size=(n, d)) + 2 * rng.normal(size=(4, d))[y], 0)
+    c = f - f.mean(axis=0)
+    assert shrinkage(c) == pytest.approx(ledoit_wolf_shrinkage(c, assume_centered=True), rel=1e-9)
+    means = np.zeros_like(c)
+    for k in np.unique(y):
+        means[y == k] = c[y == k].mean(axis=0)
+    cov = LedoitWolf(assume_centered=True).fit(c).covariance_
+    direct = float(np.trace(np.linalg.solve(cov, means.T @ means / n)))
+    assert h_score(f, y) == pytest.approx(direct, rel=1e-8)
