@@ -74,32 +74,3 @@ def lite_parts(name: str, in_channels: int) -> LiteParts:
     neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     return LiteParts(stages, neck, int(net._fc.in_features), net)
 
-
-def lite_for_inference(model: nn.Module) -> None:
-    """Fold each Lite block's eval BatchNorms into its convolutions and give stride-1 convolutions their
-    (symmetric) "same" padding inside the convolution, in place, for a model that will only run in eval
-    mode (`tunetl rank`). Why: on a CPU the separate BatchNorm passes and the padded copies of every
-    feature map cost a third of Lite's forward time; the outputs are the same to float round-off.
-    A no-op when `efficientnet-lite-pytorch` was never imported (then no Lite module exists)."""
-    import sys
-
-    from tunetl.models.inference import fold_batchnorm
-
-    lib = sys.modules.get("efficientnet_lite_pytorch")
-    if lib is None:
-        return
-    block_type = lib.model.MBConvBlock
-    same_type = lib.utils.Conv2dDynamicSamePadding
-    for module in model.modules():
-        if isinstance(module, block_type):
-            for conv, bn in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
-                if hasattr(module, conv) and isinstance(getattr(module, bn, None), nn.BatchNorm2d):
-                    fold_batchnorm(getattr(module, conv), getattr(module, bn))
-                    setattr(module, bn, nn.Identity())
-        for name, child in list(module.named_children()):
-            if type(child) is same_type and tuple(child.stride) == (1, 1) and all(k % 2 for k in child.kernel_size):
-                padding = tuple((k - 1) * d // 2 for k, d in zip(child.kernel_size, child.dilation, strict=True))
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, 1, padding,
-                                 child.dilation, child.groups, child.bias is not None)
-                conv.weight, conv.bias = child.weight, child.bias
-                setattr(module, name, conv)
