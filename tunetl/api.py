@@ -782,9 +782,11 @@ def rank_backbones(
     by: str = "logme",
     experiment: str | None = "tunetl-rank",
     tracking_uri: str | None = None,
+    threads: int | None = None,
 ) -> tuple[pd.DataFrame, str | None]:
     """`tunetl rank`: every backbone scored on the target in one forward pass, best first; recorded in MLflow
-    (experiment `experiment`, None = not recorded). Returns the table and the MLflow run id."""
+    (experiment `experiment`, None = not recorded). `threads`: torch/BLAS threads (default: the idle
+    cores). Returns the table and the MLflow run id."""
     from tunetl.data import DatasetSpec
     from tunetl.meta.rank import rank_backbones as rank_all
     from tunetl.models import backbone_stages
@@ -801,10 +803,12 @@ def rank_backbones(
             raise ConfigError(f"--backbones: {err}") from None
     if images_per_label is not None and images_per_label < 2:
         raise ConfigError("--images-per-label: LogME and H-score need at least 2 images per class")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: give 1 or more threads, not {threads}")
     task = _load(spec, "--dataset")
     try:
         table = rank_all(backbones, task, images_per_label=images_per_label, source=source_spec(source),
-                         image_size=image_size, by=by)
+                         image_size=image_size, by=by, threads=threads)
     except ImportError as err:
         raise ConfigError(str(err)) from None
     except WeightsError:
@@ -816,7 +820,7 @@ def rank_backbones(
 
         params = {"dataset": task.name, "backbones": ",".join(backbones), "by": by,
                   "images": int(table["images"].iloc[0]), "source": source or "imagenet",
-                  "image_size": image_size or "native"}
+                  "image_size": image_size or "native", "threads": table.attrs.get("threads")}
         run_id = log_ranking(resolve_tracking_uri(tracking_uri), table, params, experiment)
     return table, run_id
 

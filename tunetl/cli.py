@@ -149,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="imagenet", help="imagenet (default) or a weights file")
     p.add_argument("--image-size", type=int, help="input size (default: each backbone's own)")
     p.add_argument("--by", default="logme", choices=["logme", "hscore", "leep", "nce"])
+    p.add_argument("--threads", type=int, help="torch/BLAS threads (default: the cores the load average leaves "
+                   "idle, at least 1)")
     p.add_argument("--experiment", default="tunetl-rank", help="MLflow experiment the ranking is recorded in")
     p.add_argument("--no-record", action="store_true", help="do not record the ranking in MLflow")
     _add_uri(p)
@@ -367,7 +369,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     table, run_id = api.rank_backbones(
         args.dataset, args.backbones, images_per_label=args.images_per_label, source=args.source,
         image_size=args.image_size, by=args.by, experiment=None if args.no_record else args.experiment,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=args.tracking_uri, threads=args.threads,
     )
     if args.json:
         print(json.dumps({"run_id": run_id, "ranking": json.loads(table.to_json(orient="records"))}, indent=2))
@@ -375,6 +377,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     total = float(table["seconds"].sum())
     print(f"\n{len(table)} backbone(s) on {int(table['images'].iloc[0])} images in {total:.1f} s"
+          f" ({table.attrs.get('threads')} thread(s))"
           + (f"; recorded in MLflow run {run_id}" if run_id else ""))
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tunetl import api
 from tunetl.cli import main
@@ -31,9 +32,11 @@ def test_rank_cli_scores_lite_backbones_and_records_them(sqlite_uri: str, capsys
                  sqlite_uri, "--json"])
     assert code == 2  # smallcnn has no ImageNet weights: named, exit 2
     assert "no ImageNet weights" in capsys.readouterr().err
+    threads = torch.get_num_threads()
     assert main(["rank", "--dataset", "builtin:digits[0,1,2]", "--backbones", "efficientnet_lite0",
                  "efficientnet_lite1", "--images-per-label", "4", "--image-size", "32", "--tracking-uri",
-                 sqlite_uri, "--json"]) == 0
+                 sqlite_uri, "--threads", "1", "--json"]) == 0
+    assert torch.get_num_threads() == threads  # --threads holds only while ranking
     out = json.loads(capsys.readouterr().out)
     table = out["ranking"]
     assert [r["rank"] for r in table] == [1, 2]
@@ -45,6 +48,12 @@ def test_rank_cli_scores_lite_backbones_and_records_them(sqlite_uri: str, capsys
     run = MlflowClient(sqlite_uri).get_run(out["run_id"])
     assert run.data.params["backbones"] == "efficientnet_lite0,efficientnet_lite1"
     assert "logme/efficientnet_lite0" in run.data.metrics
+    assert run.data.params["threads"] == "1"
+
+
+def test_rank_refuses_zero_threads() -> None:
+    with pytest.raises(api.ConfigError, match="--threads: give 1 or more"):
+        api.rank_backbones("builtin:digits[0,1]", ["efficientnet_lite0"], threads=0, experiment=None)
 
 
 def _prune_plan(tmp_path: Path, source: dict | None) -> tuple[api.Plan, list]:
@@ -79,3 +88,22 @@ def test_prune_backbones_without_scores_is_refused(tmp_path: Path) -> None:
     plan, bundles = _prune_plan(tmp_path, None)
     with pytest.raises(api.ConfigError, match="prune_backbones: no logme score"):
         api._prune_backbones(plan, bundles)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 100), (120, 16)])
+def test_hscore_equals_the_direct_ledoit_wolf_formula(n: int, d: int) -> None:
+    from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
+
+    from tunetl.meta.transferability import ledoit_wolf_shrinkage as shrinkage
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, n)
+    f = np.maximum(rng.normal(size=(n, d)) + 2 * rng.normal(size=(4, d))[y], 0)
+    c = f - f.mean(axis=0)
+    assert shrinkage(c) == pytest.approx(ledoit_wolf_shrinkage(c, assume_centered=True), rel=1e-9)
+    means = np.zeros_like(c)
+    for k in np.unique(y):
+        means[y == k] = c[y == k].mean(axis=0)
+    cov = LedoitWolf(assume_centered=True).fit(c).covariance_
+    direct = float(np.trace(np.linalg.solve(cov, means.T @ means / n)))
+    assert h_score(f, y) == pytest.approx(direct, rel=1e-8)

@@ -73,3 +73,4 @@ def lite_parts(name: str, in_channels: int) -> LiteParts:
     stages = [(n, nn.Sequential(*g)) for n, g in zip(LITE_STAGES, groups, strict=True)]
     neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     return LiteParts(stages, neck, int(net._fc.in_features), net)
+
