@@ -150,3 +150,20 @@ def test_prediction_has_intervals_agreement_and_importance(meta: pd.DataFrame) -
     assert set(importance.columns) >= {"alpha_log", "last_lr_log"}
     assert np.allclose(importance["alpha_log"].sum(), 1.0)
     assert importance["alpha_log"].idxmax() in ("feature.similarity", "feature.images_per_label")
+
+
+def test_meta_eval_prints_the_headline_section(frame: pd.DataFrame) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "meta_eval.py"
+    spec = importlib.util.spec_from_file_location("meta_eval", path)
+    assert spec is not None and spec.loader is not None
+    meta_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meta_eval)
+    text = meta_eval.headline(frame, kind="knn", compare_kinds=False)
+    assert "| **mean over 8 tasks** |" in text
+    assert "| Dube et al. 2018, single best fixed scale (70 tasks) | 16% |" in text
+    assert "| alpha > 0 | mean abs log10 error | 16 |" in text
+    assert "| feature.similarity | - | - | - |" in text  # knn has no importances; alpha_zero is constant
+    assert "Feature importance of the knn meta-model" in text
