@@ -167,3 +167,25 @@ def test_meta_eval_prints_the_headline_section(frame: pd.DataFrame) -> None:
     assert "| alpha > 0 | mean abs log10 error | 16 |" in text
     assert "| feature.similarity | - | - | - |" in text  # knn has no importances; alpha_zero is constant
     assert "Feature importance of the knn meta-model" in text
+
+
+def test_meta_mnist_experiment_has_the_issues_shape() -> None:
+    from pathlib import Path
+
+    from tunetl import api
+
+    p = api.plan(Path(__file__).resolve().parents[2] / "experiments" / "meta_mnist.yaml")
+    exp = p.experiment
+    assert exp.tasks is not None
+    datasets = {t.dataset.builtin for t in exp.tasks}
+    sizes = p.space.dims["images_per_label"].values
+    assert datasets == {"mnist5k", "digits"}
+    assert min(sizes) <= 2 and max(sizes) >= 100
+    assert len(exp.tasks) * len(sizes) >= 24
+    # every task's source is trained on classes disjoint from its target's
+    for t in exp.tasks:
+        assert t.source is not None and t.source.train_on is not None
+        assert t.source.train_on.builtin == t.dataset.builtin
+        assert not set(t.source.train_on.classes or []) & set(t.dataset.classes or [])
+    assert exp.scheduler.type == "asha" and set(exp.scheduler.group_by) == {"images_per_label", "last_lr"}
+    assert exp.training.feature_cache == "node" and 0.0 in p.space.dims["inner_lr"].values
