@@ -52,9 +52,9 @@ def _share(value: float) -> str:
 
 
 def headline(frame: pd.DataFrame, kind: str = "forest", hold_out_pair: bool = True,
-             compare_kinds: bool = True, drop_column: bool = False) -> str:
-    """The whole Markdown section, from the trials frame."""
-    table, s = one_shot_evaluation(frame, kind=kind, hold_out_pair=hold_out_pair)
+             compare_kinds: bool = True, drop_column: bool = False, features: list[str] | None = None) -> str:
+    """The whole Markdown section, from the trials frame (`features`: the model's inputs, default all)."""
+    table, s = one_shot_evaluation(frame, kind=kind, hold_out_pair=hold_out_pair, features=features)
     out = ["| held-out task | (a) default | (b) best fixed | (c) predicted | (d) oracle | predicted config | "
            "best fixed config |", "|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
@@ -68,11 +68,11 @@ def headline(frame: pd.DataFrame, kind: str = "forest", hold_out_pair: bool = Tr
     if compare_kinds:
         for other in KINDS:
             if other != kind:
-                _, so = one_shot_evaluation(frame, kind=other, hold_out_pair=hold_out_pair)
+                _, so = one_shot_evaluation(frame, kind=other, hold_out_pair=hold_out_pair, features=features)
                 out.append(f"| (c) one-shot prediction ({other}) | {_share(so['share_predicted'])} |")
     out.append(f"| Dube et al. 2018, single best fixed scale (70 tasks) | {100 * DUBE_SHARE:.0f}% |")
 
-    errors = quantity_errors(frame, kind=kind, hold_out_pair=hold_out_pair)
+    errors = quantity_errors(frame, kind=kind, hold_out_pair=hold_out_pair, features=features)
     floor = errors.attrs.get("alpha_floor", math.nan)
     out += ["", f"Error of each predicted quantity on the held-out tasks (IL = 0 counted as {floor:g} in the "
             "log10 errors; lower is better except accuracies):", "",
@@ -87,13 +87,13 @@ def headline(frame: pd.DataFrame, kind: str = "forest", hold_out_pair: bool = Tr
                    f"{r.best_fixed:.3f} | {vs} |")
 
     meta = meta_dataset(frame)
-    model = fit_meta_model(meta, kind=kind, evaluate=False)
+    model = fit_meta_model(meta, features=features, kind=kind, evaluate=False)
     importance = feature_importance(model)
     if len(importance.columns):
         out += ["", f"Feature importance of the {kind} meta-model fitted on all {model.n_tasks} tasks "
                 "(columns sum to 1):", "", _markdown(importance, index=True)]
     if drop_column:
-        drops = drop_column_errors(meta, kind=kind, hold_out="pair" if hold_out_pair else "task")
+        drops = drop_column_errors(meta, features=features, kind=kind, hold_out="pair" if hold_out_pair else "task")
         out += ["", "Leave-one-task-out errors with one feature dropped (row `none`: all kept):", "",
                 _markdown(drops, index=False)]
     return "\n".join(out)
@@ -109,11 +109,13 @@ def main() -> None:
     ap.add_argument("--no-kinds", action="store_true", help="skip the knn/ridge comparison rows")
     ap.add_argument("--drop-column", action="store_true",
                     help="also the leave-one-task-out errors with each feature dropped (slower)")
+    ap.add_argument("--feature", dest="features", action="append", metavar="feature.NAME",
+                    help="an input of the meta-model (repeatable; default: every usable feature.*)")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args()
     text = headline(api.trials(args.experiment, args.tracking_uri), kind=args.kind,
                     hold_out_pair=args.hold_out == "pair", compare_kinds=not args.no_kinds,
-                    drop_column=args.drop_column)
+                    drop_column=args.drop_column, features=args.features)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_uri(p)
     p.add_argument("--register", help="register the model under this name (versioned); default tunetl-meta-model")
     p.add_argument("--no-register", action="store_true", help="log the model without registering it")
+    p.add_argument("--feature", dest="features", action="append", metavar="feature.NAME",
+                   help="an input of the model (repeatable; default: every feature.* finite on all tasks and "
+                        "not constant); drop the ones benchmarks/meta_eval.py --drop-column shows do not help")
     p.set_defaults(func=cmd_fit_regressor)
 
     p = sub.add_parser("predict", help="recommended learning rates and frozen depth for a new dataset")
@@ -290,7 +293,7 @@ def cmd_fit_regressor(args: argparse.Namespace) -> int:
     from tunetl.tracking.registry import DEFAULT_MODEL_NAME
 
     register = None if args.no_register else (args.register or DEFAULT_MODEL_NAME)
-    model, run_id, version, meta = api.fit_regressor(args.experiment, args.tracking_uri, register)
+    model, run_id, version, meta = api.fit_regressor(args.experiment, args.tracking_uri, register, args.features)
     print(f"meta-dataset: {len(meta)} row(s) from {model.n_tasks} task(s); targets: {', '.join(model.targets)}")
     if model.loto:
         print("leave-one-task-out errors, the task's dataset/source pair held out too (and the constant-guess "

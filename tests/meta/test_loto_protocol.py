@@ -172,14 +172,13 @@ def test_meta_eval_prints_the_headline_section(frame: pd.DataFrame) -> None:
 def test_meta_mnist_experiment_has_the_issues_shape() -> None:
     from pathlib import Path
 
-    from tunetl import api
+    from tunetl.config import load_experiment
 
-    p = api.plan(Path(__file__).resolve().parents[2] / "experiments" / "meta_mnist.yaml")
-    exp = p.experiment
+    exp = load_experiment(Path(__file__).resolve().parents[2] / "experiments" / "meta_mnist.yaml")
     assert exp.tasks is not None
-    datasets = {t.dataset.builtin for t in exp.tasks}
-    sizes = p.space.dims["images_per_label"].values
-    assert datasets == {"mnist5k", "digits"}
+    space = exp.search_space
+    sizes = space["images_per_label"]["grid"]
+    assert {t.dataset.builtin for t in exp.tasks} == {"mnist5k", "digits"}
     assert min(sizes) <= 2 and max(sizes) >= 100
     assert len(exp.tasks) * len(sizes) >= 24
     # every task's source is trained on classes disjoint from its target's
@@ -188,4 +187,13 @@ def test_meta_mnist_experiment_has_the_issues_shape() -> None:
         assert t.source.train_on.builtin == t.dataset.builtin
         assert not set(t.source.train_on.classes or []) & set(t.dataset.classes or [])
     assert exp.scheduler.type == "asha" and set(exp.scheduler.group_by) == {"images_per_label", "last_lr"}
-    assert exp.training.feature_cache == "node" and 0.0 in p.space.dims["inner_lr"].values
+    assert exp.training.feature_cache == "node" and 0.0 in space["inner_lr"]["grid"]
+    assert len(space["last_lr"]["grid"]) >= 2
+
+
+def test_evaluation_with_chosen_features(frame: pd.DataFrame) -> None:
+    # similarity alone: A's cases are 2 decades off (nothing like A in training), B..D's exact
+    table = quantity_errors(frame, kind="knn", features=["feature.similarity"]).set_index("quantity")
+    assert table.loc["alpha > 0", "meta_model"] == pytest.approx(4 * 2.0 / 16)
+    with pytest.raises(ValueError, match="feature.bogus"):
+        quantity_errors(frame, kind="knn", features=["feature.bogus"])

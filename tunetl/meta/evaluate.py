@@ -58,6 +58,7 @@ def held_out_tasks(
     metric: str = DEFAULT_METRIC,
     kind: str = "forest",
     hold_out_pair: bool = True,
+    features: list[str] | None = None,
 ) -> tuple[list[HeldOut], list[str]]:
     """The leave-one-task-out protocol, once for every consumer: per task, what may be learned from
     (every other task; with `hold_out_pair` not its dataset/source pair either) and the varied keys."""
@@ -82,7 +83,7 @@ def held_out_tasks(
         fixed = dict(zip(keys, best if len(keys) > 1 else [best], strict=True))
         test_meta = meta[meta["task"] == task]
         feats = test_meta[[c for c in meta.columns if c.startswith("feature.")]].iloc[0].to_dict()
-        model = fit_meta_model(train_meta, evaluate=False, kind=kind)
+        model = fit_meta_model(train_meta, features=features, evaluate=False, kind=kind)
         out.append(HeldOut(task, own, fixed, model, feats, train_meta, test_meta))
     return out, keys
 
@@ -93,13 +94,15 @@ def one_shot_evaluation(
     metric: str = DEFAULT_METRIC,
     kind: str = "forest",
     hold_out_pair: bool = True,
+    features: list[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per held-out task accuracies (%) of default / best fixed / predicted / oracle, and their means.
 
     With `hold_out_pair`, every task of the same dataset/source pair (e.g. the same split at another
     images-per-label) leaves the training set too, so the model never saw the held-out data.
+    `features`: the model's inputs (default: every usable `feature.*`).
     """
-    held, keys = held_out_tasks(frame, metric, kind, hold_out_pair)
+    held, keys = held_out_tasks(frame, metric, kind, hold_out_pair, features)
     default = default or {"inner_lr": 0.01, "last_lr": 0.01, "lr_scale": 1.0, "frozen_depth": 0}
     rows = []
     for h in held:
@@ -133,6 +136,7 @@ def quantity_errors(
     metric: str = DEFAULT_METRIC,
     kind: str = "forest",
     hold_out_pair: bool = True,
+    features: list[str] | None = None,
 ) -> pd.DataFrame:
     """Error of each predicted quantity on the held-out tasks, for the meta-model, a constant (the
     training tasks' mean in log10, or their majority) and the best fixed configuration's value.
@@ -143,7 +147,7 @@ def quantity_errors(
     positive; the meta-model's log part, a fixed IL of 0 counted as the floor), `last_lr`,
     `lr_scale` (|log10 error|), `frozen_depth` (accuracy), where the trials varied them.
     """
-    held, keys = held_out_tasks(frame, metric, kind, hold_out_pair)
+    held, keys = held_out_tasks(frame, metric, kind, hold_out_pair, features)
     df = finished_trials(frame, metric)
     positive = pd.to_numeric(df.get("inner_lr", pd.Series(dtype=float)), errors="coerce")
     positive = positive[positive > 0]
