@@ -509,7 +509,7 @@ class MetaModel:
     ) -> dict[str, list[tuple[float, float, str]]]:
         """Ranges around each predicted rate: the conformal 80% interval from this model's
         leave-one-task-out |log10 errors| (`*_q80`), and the forest's 10-90% tree spread. inner_lr's
-        ranges are those of its positive part (they say nothing about IL = 0)."""
+        ranges are those of its positive part (`predict` leaves them out when it answers IL = 0)."""
         loto = self.loto or {}
         out: dict[str, list[tuple[float, float, str]]] = {}
         point = {**values, LL_INPUT: math.log10(last_lr) if last_lr and last_lr > 0 else math.nan}
@@ -620,7 +620,8 @@ class MetaModel:
             nearest_tasks=self.nearest(features),
             extrapolation=extrapolation,
             notes=notes,
-            intervals=self.intervals(values, last_lr),
+            intervals={k: v for k, v in self.intervals(values, last_lr).items()
+                       if not (k == "inner_lr" and inner_lr == 0)},
             agreement=agreement,
         )
 
