@@ -826,9 +826,11 @@ def rank_backbones(
 
 
 def fit_regressor(
-    experiments: list[str], tracking_uri: str | None = None, register: str | None = None
+    experiments: list[str], tracking_uri: str | None = None, register: str | None = None,
+    features: list[str] | None = None,
 ) -> tuple[Any, str, int | None, pd.DataFrame]:
-    """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow."""
+    """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow.
+    `features`: the inputs (default: every `feature.*` finite on all tasks and not constant)."""
     from tunetl.meta.regressor import fit_meta_model, meta_dataset
     from tunetl.tracking.registry import log_meta_model
 
@@ -843,7 +845,12 @@ def fit_regressor(
             f"--experiment {', '.join(experiments)}: no task with a searched inner_lr, lr_scale or frozen_depth; "
             "run an IL/LL, graduated or frozen-depth search first (e.g. experiments/meta_digits.yaml)"
         )
-    model = fit_meta_model(meta, description=f"trained on {', '.join(experiments)}")
+    try:
+        model = fit_meta_model(meta, features=features, description=f"trained on {', '.join(experiments)}")
+    except ValueError as err:
+        if features is None:
+            raise
+        raise ConfigError(f"--feature {' '.join(features)}: {err}") from None
     model.sources = _recorded_sources(frame, uri)
     run_id, version = log_meta_model(model, uri, register=register, description=model.description)
     return model, run_id, version, meta

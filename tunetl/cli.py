@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_uri(p)
     p.add_argument("--register", help="register the model under this name (versioned); default tunetl-meta-model")
     p.add_argument("--no-register", action="store_true", help="log the model without registering it")
+    p.add_argument("--feature", dest="features", action="append", metavar="feature.NAME",
+                   help="an input of the model (repeatable; default: every feature.* finite on all tasks and "
+                        "not constant); drop the ones benchmarks/meta_eval.py --drop-column shows do not help")
     p.set_defaults(func=cmd_fit_regressor)
 
     p = sub.add_parser("predict", help="recommended learning rates and frozen depth for a new dataset")
@@ -288,17 +291,23 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_fit_regressor(args: argparse.Namespace) -> int:
     from tunetl import api
+    from tunetl.meta.regressor import feature_importance
     from tunetl.tracking.registry import DEFAULT_MODEL_NAME
 
     register = None if args.no_register else (args.register or DEFAULT_MODEL_NAME)
-    model, run_id, version, meta = api.fit_regressor(args.experiment, args.tracking_uri, register)
+    model, run_id, version, meta = api.fit_regressor(args.experiment, args.tracking_uri, register, args.features)
     print(f"meta-dataset: {len(meta)} row(s) from {model.n_tasks} task(s); targets: {', '.join(model.targets)}")
     if model.loto:
-        print("leave-one-task-out errors (and the constant-guess baseline):")
+        print("leave-one-task-out errors, the task's dataset/source pair held out too (and the constant-guess "
+              "baseline):")
         for key, value in sorted(model.loto.items()):
-            if not key.endswith(("_baseline", "_n")):
+            if not key.endswith(("_baseline", "_n", "_q80")):
                 base = model.loto.get(f"{key}_baseline")
                 print(f"  {key:28s} {value:.3f}" + (f"   (baseline {base:.3f})" if base is not None else ""))
+    importance = feature_importance(model)
+    if len(importance.columns):
+        print("feature importance per part (forest: impurity decrease; ridge: |coefficient|; columns sum to 1):")
+        print(importance.to_string(float_format=lambda v: f"{v:.2f}", na_rep="-"))
     where = f"registered as {register} version {version}" if version else "not registered"
     print(f"logged to MLflow run {run_id}; {where}")
     if version:

@@ -61,6 +61,11 @@ def recommend(
     }
     return {
         "recommendation": settings,
+        "uncertainty": {
+            k: [{"low": _number(lo), "high": _number(hi), "how": how} for lo, hi, how in ranges]
+            for k, ranges in rec.intervals.items()
+        },
+        "agreement": {k: _number(v) for k, v in rec.agreement.items()},
         "nearest_tasks": [{"task": t, "distance": _number(d)} for t, d in rec.nearest_tasks],
         "extrapolation": [
             {k: (_number(v) if isinstance(v, float) else v) for k, v in asdict(o).items()}
@@ -105,8 +110,16 @@ def format_recommendation(result: Mapping[str, Any]) -> str:
                "unchecked": "not checked: the meta-model records no source"}[source["match"]]
         digest = (source.get("sha256") or "")[:12]
         lines.append(f"Features from {source['backbone']} source {source['source']} (weights sha256 {digest}; {how})")
+    uncertainty = result.get("uncertainty") or {}
     for key, value in result["recommendation"].items():
-        lines.append(f"  {key:<13}{_fmt(value)}")
+        ranges = [f"{r['how']} {r['low']:.3g} .. {r['high']:.3g}" for r in uncertainty.get(key, [])
+                  if r["low"] is not None and r["high"] is not None]
+        shown = _fmt(value) + (f"   ({'; '.join(ranges)})" if value is not None and ranges else "")
+        lines.append(f"  {key:<13}{shown}")
+    agreement = result.get("agreement") or {}
+    if agreement:
+        lines.append("Votes behind the decisions (share of trees / neighbours, or probability): "
+                     + ", ".join(f"{k} {v:.0%}" for k, v in agreement.items() if v is not None))
     lines.append("Nearest training tasks (standardised feature distance):")
     lines += [f"  {t['task']}  ({t['distance']:.2f})" for t in result["nearest_tasks"]]
     if result["extrapolation"]:

@@ -98,6 +98,10 @@ class Recommendation:
     nearest_tasks: list[tuple[str, float]]
     extrapolation: list[OutOfRange]
     notes: list[str] = field(default_factory=list)
+    #: Per setting, ranges (low, high, how) for the value (see `MetaModel.intervals`).
+    intervals: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)
+    #: Per zero/non-zero or depth decision, the share of the forest's trees (or neighbours) that agree.
+    agreement: dict[str, float] = field(default_factory=dict)
 
 
 # --- the meta-dataset ---------------------------------------------------------------------------
@@ -470,6 +474,67 @@ class MetaModel:
         with _one_thread():
             return float(np.asarray(part["estimator"].predict(z))[0])
 
+    def _part_z(self, name: str, values: Mapping[str, float]) -> np.ndarray:
+        part = self.parts[name]
+        assert part is not None
+        x = np.array([[float(_transform(c, values[c])) for c in part["inputs"]]])
+        return (x - np.asarray(part["center"])) / np.asarray(part["scale"])
+
+    def _tree_range(self, name: str, values: Mapping[str, float]) -> tuple[float, float] | None:
+        """10th..90th percentile of the forest's trees' predictions of a regression part (model
+        scale): how much the trees disagree, not a calibrated interval. None for other estimators."""
+        part = self.parts.get(name)
+        est = None if part is None else part["estimator"]
+        if est is None or part["classify"] or not hasattr(est, "estimators_"):
+            return None
+        z = self._part_z(name, values)
+        with _one_thread():
+            preds = np.array([float(t.predict(z)[0]) for t in est.estimators_])
+        return float(np.percentile(preds, 10)), float(np.percentile(preds, 90))
+
+    def _agreement(self, name: str, values: Mapping[str, float]) -> float | None:
+        """Share of the votes (trees, neighbours) or probability behind a classifier part's answer;
+        1.0 for a constant part."""
+        part = self.parts.get(name)
+        if part is None:
+            return None
+        est = part["estimator"]
+        if est is None:
+            return 1.0
+        with _one_thread():
+            return float(np.max(est.predict_proba(self._part_z(name, values))))
+
+    def intervals(
+        self, values: Mapping[str, float], last_lr: float | None
+    ) -> dict[str, list[tuple[float, float, str]]]:
+        """Ranges around each predicted rate: the conformal 80% interval from this model's
+        leave-one-task-out |log10 errors| (`*_q80`), and the forest's 10-90% tree spread. inner_lr's
+        ranges are those of its positive part (`predict` leaves them out when it answers IL = 0)."""
+        loto = self.loto or {}
+        out: dict[str, list[tuple[float, float, str]]] = {}
+        point = {**values, LL_INPUT: math.log10(last_lr) if last_lr and last_lr > 0 else math.nan}
+        for setting, part, key in (
+            ("inner_lr", "alpha_log", "alpha_log10_mae_q80"),
+            ("last_lr", "last_lr_log", "last_lr_log10_mae_q80"),
+            ("lr_scale", "lr_scale_log", "lr_scale_log10_mae_q80"),
+        ):
+            if self.parts.get(part) is None:
+                continue
+            at = point if setting == "inner_lr" else values
+            centre = self._part_value(part, at)
+            assert centre is not None
+            ranges = []
+            q = loto.get(key)
+            if q is not None and math.isfinite(q):
+                ranges.append((10.0 ** (centre - q), 10.0 ** (centre + q),
+                               f"conformal {COVERAGE:.0%} (leave-one-task-out)"))
+            trees = self._tree_range(part, at)
+            if trees is not None:
+                ranges.append((10.0 ** trees[0], 10.0 ** trees[1], "trees 10-90%"))
+            if ranges:
+                out[setting] = ranges
+        return out
+
     def _alpha(self, values: Mapping[str, float], last_lr: float | None) -> float | None:
         """inner_lr at LL = last_lr: 0 where the zero-part says so, else 10**(log part)."""
         if self.parts.get("alpha_zero") is None and self.parts.get("alpha_log") is None:
@@ -538,6 +603,15 @@ class MetaModel:
                 "the dataset lies outside the training tasks on "
                 f"{', '.join(o.feature for o in extrapolation)}: treat the recommendation as a guess"
             )
+        point = {**values, LL_INPUT: math.log10(last_lr) if last_lr and last_lr > 0 else math.nan}
+        agreement = {
+            name: a
+            for name, a in (
+                ("inner_lr = 0" if inner_lr == 0 else "inner_lr > 0", self._agreement("alpha_zero", point)),
+                ("frozen_depth", self._agreement("frozen_depth", values)),
+            )
+            if a is not None
+        }
         return Recommendation(
             inner_lr=inner_lr,
             last_lr=last_lr,
@@ -546,6 +620,9 @@ class MetaModel:
             nearest_tasks=self.nearest(features),
             extrapolation=extrapolation,
             notes=notes,
+            intervals={k: v for k, v in self.intervals(values, last_lr).items()
+                       if not (k == "inner_lr" and inner_lr == 0)},
+            agreement=agreement,
         )
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -659,6 +736,49 @@ def fit_meta_model(
     return model
 
 
+def feature_importance(model: MetaModel) -> pd.DataFrame:
+    """Which inputs each fitted part leans on: one row per input, one column per part, each column
+    summing to 1. Forest: mean decrease in impurity (`feature_importances_`); ridge: |coefficient|
+    on the standardised inputs; knn (no such notion) and constant parts: NaN. In-sample, so it says
+    what the model uses, not what generalises: `drop_column_errors` measures that."""
+    inputs = list(dict.fromkeys([*model.features, *(
+        c for p in model.parts.values() if p is not None for c in p["inputs"]
+    )]))
+    table = pd.DataFrame(index=pd.Index(inputs, name="feature"))
+    for name, part in model.parts.items():
+        if part is None:
+            continue
+        est = part["estimator"]
+        weights = np.full(len(part["inputs"]), math.nan)
+        if est is not None and hasattr(est, "feature_importances_"):
+            weights = np.asarray(est.feature_importances_, dtype="float64")
+        elif est is not None and hasattr(est, "coef_"):
+            coef = np.abs(np.asarray(est.coef_, dtype="float64")).reshape(-1, len(part["inputs"])).mean(axis=0)
+            weights = coef / coef.sum() if coef.sum() > 0 else coef
+        table[name] = pd.Series(weights, index=part["inputs"])
+    if len(table.columns):
+        table = table.loc[table.mean(axis=1, skipna=True).fillna(0).sort_values(ascending=False).index]
+    return table
+
+
+def drop_column_errors(
+    meta_df: pd.DataFrame,
+    features: Sequence[str] | None = None,
+    kind: str = DEFAULT_KIND,
+    hold_out: str = "pair",
+    keys: Sequence[str] = ("alpha_log10_mae", "alpha_zero_accuracy", "last_lr_log10_mae"),
+) -> pd.DataFrame:
+    """Leave-one-task-out errors with each input feature dropped in turn (row `none`: all kept): a
+    feature whose removal does not worsen any error carries no signal the others lack here."""
+    chosen = list(features) if features is not None else default_features(meta_df)
+    rows = []
+    for dropped in [None, *chosen]:
+        kept = [c for c in chosen if c != dropped]
+        loto = leave_one_task_out(meta_df, features=kept, kind=kind, hold_out=hold_out)
+        rows.append({"dropped": dropped or "none", **{k: loto.get(k, math.nan) for k in keys}})
+    return pd.DataFrame(rows)
+
+
 # --- leave-one-task-out -------------------------------------------------------------------------
 
 
@@ -676,15 +796,56 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+#: Coverage of the intervals `predict` prints from the leave-one-task-out residuals.
+COVERAGE = 0.8
+#: Leave-one-task-out variants: drop the task only, or every task of its dataset/source pair too.
+HOLD_OUTS = ("pair", "task")
+PAIR_COLS = ("dataset", "source")
+
+
+def pair_of(meta_df: pd.DataFrame) -> pd.Series:
+    """Each row's dataset/source pair: the same split at another images-per-label is the same data,
+    so a held-out task's pair leaves training with it (else the model has seen the held-out images)."""
+    cols = [c for c in PAIR_COLS if c in meta_df.columns]
+    if not cols:
+        return meta_df["task"].astype(str)
+    return meta_df[cols].astype(str).agg("|".join, axis=1)
+
+
+def held_out_training(meta_df: pd.DataFrame, task: str, hold_out: str = "pair") -> pd.DataFrame:
+    """The training rows when `task` is held out: without the task and, for `pair`, its pair."""
+    if hold_out not in HOLD_OUTS:
+        raise ValueError(f"hold_out {hold_out!r} is not one of {', '.join(HOLD_OUTS)}")
+    own = meta_df["task"] == task
+    if hold_out == "pair":
+        pairs = pair_of(meta_df)
+        own = pairs.isin(set(pairs[own]))
+    return meta_df[~own]
+
+
+def conformal_quantile(residuals: Sequence[float], coverage: float = COVERAGE) -> float:
+    """The split-conformal quantile of absolute residuals: the ceil((n+1)c)-th smallest, so that a
+    new case falls within +-q with probability >= c if cases are exchangeable; inf when n is too small."""
+    r = np.sort(np.abs(np.asarray(residuals, dtype="float64")))
+    k = math.ceil((len(r) + 1) * coverage)
+    return float(r[k - 1]) if 0 < k <= len(r) else math.inf
+
+
 def leave_one_task_out(
-    meta_df: pd.DataFrame, features: Sequence[str] | None = None, kind: str = DEFAULT_KIND
+    meta_df: pd.DataFrame,
+    features: Sequence[str] | None = None,
+    kind: str = DEFAULT_KIND,
+    hold_out: str = "pair",
 ) -> dict[str, float]:
     """Errors of models fitted without each task in turn, on that task; with constant baselines.
 
-    alpha: mean |log10 error| of the log part on positive cases (`alpha_log10_mae`) and accuracy of
-    zero vs positive (`alpha_zero_accuracy`); last_lr and lr_scale: mean |log10 error|;
-    frozen_depth: accuracy. `*_baseline` is the same error for the training tasks' mean (or
-    majority), the one-setting-fits-all answer; `*_n` counts the cases. NaN where there are none.
+    With `hold_out="pair"` (the default) every task of the held-out task's dataset/source pair
+    leaves training too. alpha: mean |log10 error| of the log part on positive cases
+    (`alpha_log10_mae`) and accuracy of zero vs positive (`alpha_zero_accuracy`); last_lr and
+    lr_scale: mean |log10 error|; frozen_depth: accuracy. `*_baseline` is the same error for the
+    training tasks' mean (or majority), the one-setting-fits-all answer; `*_n` counts the cases;
+    `*_q80` is the conformal quantile of the absolute log10 errors (`predict`'s intervals). NaN
+    where there are none.
     """
     _check_meta(meta_df)
     chosen = list(features) if features is not None else default_features(meta_df)
@@ -692,8 +853,10 @@ def leave_one_task_out(
     baselines: dict[str, list[float]] = {k: [] for k in _LOTO_COUNTS}
     names = list(dict.fromkeys(meta_df["task"]))
     for task in names:
-        train = meta_df[meta_df["task"] != task]
+        train = held_out_training(meta_df, task, hold_out)
         test = meta_df[meta_df["task"] == task]
+        if train.empty:
+            continue
         try:
             model = fit_meta_model(train, features=chosen, kind=kind, evaluate=False)
         except ValueError:
@@ -705,6 +868,8 @@ def leave_one_task_out(
         out[key] = _mean(values)
         out[f"{key}_baseline"] = _mean(baselines[key])
         out[_LOTO_COUNTS[key]] = float(len(values))
+        if key.endswith("_mae"):
+            out[f"{key}_q80"] = conformal_quantile(values) if values else math.nan
     return out
 
 
