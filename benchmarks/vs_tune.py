@@ -125,6 +125,10 @@ def measure(ctx: Any, run_search: Any, tune_results: Any, quickstart: Path, repe
     bundle = _bundle(p, ctx.storage)
     uri = f"sqlite:///{ctx.work / 'vs_tune_mlflow.db'}"
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    # Create the store's tables once: two workers creating them at the same time race in SQLite.
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)
     raw: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     for r in range(repeats):
         for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
