@@ -33,6 +33,9 @@ from tunetl.records import EPOCH_METRICS
 NAME = "outage"
 EPOCHS = 10
 SIZES = [5, 10, 15, 20, 25, 30]
+#: Every epoch sleeps 0.6 s; the last trial (ipl=30) 3 s, so that the search is still running when the
+#: server is back, however long a loaded machine takes to restart it (the end of a search needs MLflow).
+SLOW = [{"sleep_s": 0.6}, {"match": "ipl=30 ", "sleep_s": 2.4}]
 
 
 def _argv(uri: str, storage: Path) -> list[str]:
@@ -43,7 +46,7 @@ def _env(ray_tmp: Path) -> dict[str, str]:
     """Slow trials (`TUNETL_FAULT` sleep after each epoch, inherited by Ray's workers), no MLflow settings,
     and a Ray temp folder of its own: `ray.init()` would join any other local cluster (another test's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    env.update(TUNETL_FAULT=json.dumps({"sleep_s": 0.6}), PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp))
+    env.update(TUNETL_FAULT=json.dumps(SLOW), PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp))
     return env
 
 
@@ -289,8 +292,8 @@ def test_sync_restores_a_search_into_a_store_that_lost_it(tmp_path: Path) -> Non
     lost = f"sqlite:///{tmp_path / 'new.db'}"
     reports = api.sync(tmp_path / "runs", tracking_uri=lost)
     assert len(reports) == 1 and reports[0].parent_created and reports[0].runs_created == 2
-    # Per run: every epoch metric at 3 epochs, plus best_val_acc.
-    assert reports[0].metrics_logged == 2 * (3 * len(EPOCH_METRICS) + 1) and reports[0].runs_closed == 2
+    # Per run: every epoch metric and epochs_run at 3 epochs, plus best_val_acc.
+    assert reports[0].metrics_logged == 2 * (3 * (len(EPOCH_METRICS) + 1) + 1) and reports[0].runs_closed == 2
     again = api.sync(tmp_path / "runs", tracking_uri=lost)
     assert not again[0].changed and again[0].parent_run_id == reports[0].parent_run_id
 

@@ -153,7 +153,11 @@ def run_trial(
             donor = str(state["trial_id"])
     if recorder is not None and run_id is None:
         run_id = recorder.find_run(trial_id)
-    if recorder is not None and run_id is not None:
+    if recorder is not None and run_id is not None and runner.epoch >= experiment.training.epochs:
+        # Restored from its last epoch's checkpoint (the driver died before Tune saved it as done): nothing is
+        # left to train or log, and a run already closed FINISHED stays as it is (`finish` leaves it).
+        logged = runner.epoch
+    elif recorder is not None and run_id is not None:
         # A retried or resumed trial: its run may have been closed (KILLED) when the driver stopped.
         tags = {RESTORED_EPOCH_TAG: str(runner.epoch)}
         if donor is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetl.records import (
+    BEST_METRIC,
     EPOCHS_RUN,
     ERROR_TAG,
     MAX_TAG_CHARS,
@@ -317,6 +318,12 @@ class TrialLogger:
 
         check_status(status)
         pending = self._pending(run_id)
+        if self._closed_as(run_id, status):
+            # Closed already (by the trial, or before a resume): its end time and outcome stay as they are.
+            pending.status = None
+            if not self.flush(self.wait_s):
+                warn(f"records of run {run_id} are kept to re-send (`tunetl sync` also restores them)")
+            return
         run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         run_tags[STOPPED_EARLY_TAG] = "true" if stopped_early else "false"
         if status == "FAILED":
@@ -330,6 +337,17 @@ class TrialLogger:
         if not self.flush(self.wait_s):
             warn(f"run {run_id} is not closed in MLflow yet: its records are kept to re-send with this "
                  "process's next call, and `tunetl sync --storage DIR` restores them from Ray's results")
+
+    def _closed_as(self, run_id: str, status: str) -> bool:
+        """Whether the run already ended with `status` (a FINISHED one with its `best_val_acc`); False when
+        the store cannot say."""
+        try:
+            run = self._call(lambda: self._client().get_run(run_id), "a read of a trial's run")
+        except (StoreUnavailable, StoreRefused):
+            return False
+        if run.info.status != status or not run.info.end_time:
+            return False
+        return status != "FINISHED" or BEST_METRIC in run.data.metrics
 
     def _known_error(self, run_id: str) -> str | None:
         try:
