@@ -67,3 +67,31 @@ def test_quick_cache_and_gpu_sections_write_json_and_markdown(tmp_path: Path) ->
     merged = json.loads((out / "harness_quick.json").read_text())
     assert merged["sections"]["cache"]["results"] == rows
     assert "gpu" in merged["sections"]
+
+
+def test_anytime_keeps_finished_searches_and_counts_the_configurations_near_the_grids_best(tmp_path: Path) -> None:
+    """A re-run with the same --workdir searches nothing already searched and re-draws the summary."""
+    work, out = tmp_path / "work", tmp_path / "results"
+    work.mkdir()
+    grid = {"seed": 0, "wall_s": 9.0, "trials": 8, "curves": {"5": [[k, 0.1 * k] for k in range(1, 7)]},
+            "trial_bests": {"5": [0.6, 0.595, 0.585, 0.3]}}
+    fast = {"seed": 0, "wall_s": 2.0, "trials": 2, "curves": {"5": [[1, 0.2], [2, 0.595]]},
+            "trial_bests": {"5": [0.595, 0.2]}}
+    slow = {"seed": 0, "wall_s": 2.0, "trials": 2, "curves": {"5": [[1, 0.2], [2, 0.3], [3, 0.4]]},
+            "trial_bests": {"5": [0.4, 0.2]}}
+    labels = ["random", "ASHA", "HyperBand", "Optuna+ASHA", "PBT", "BOHB"]
+    raw = {"grid": [grid]} | {label: [fast if label == "ASHA" else slow] for label in labels}
+    (work / "anytime_raw.json").write_text(json.dumps(raw))
+    done = _harness("--quick", "--only", "anytime", "--out", str(out), "--workdir", str(work), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "anytime: grid seed" not in done.stdout + done.stderr, "a finished search was run again"
+    section = json.loads((out / "harness_quick.json").read_text())["sections"]["anytime"]
+    assert section["needles"] == {"5": {"1 pt": 2, "2 pt": 3, "of": 4}}
+    rows = {r["method"]: r for r in section["rows"]}
+    assert rows["ASHA"]["@5: epochs to grid best -1pt"] == "33%"
+    assert rows["random"]["@5: epochs to grid best -1pt"] == "never"
+    (target,) = section["targets"]
+    assert target["met"] is False, "2 of the grid's 6 epochs is over the 30% goal"
+    assert target["shown"] == "ASHA: 33%"
+    assert (out / "anytime_quick.png").stat().st_size > 0
+    assert "1 kept" not in section["setup"]["note"] and "7 kept" in section["setup"]["note"]
