@@ -223,33 +223,6 @@ def feature_similarity(
     return float(np.clip(1.0 - mmd2 / 2.0, 0.0, 1.0))
 
 
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations, in [0, 1].
-
-    Rows must be paired (the same N inputs through two models or layers); columns may differ.
-    With column-centred X, Y: CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F). It is invariant to
-    orthogonal transforms and isotropic scaling of either side, so it compares what two networks
-    represent rather than their coordinates (e.g. source vs fine-tuned stage outputs).
-    """
-    a = _as_matrix(x, "x")
-    b = _as_matrix(y, "y")
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"linear_cka needs paired rows; x has {a.shape[0]} rows and y has {b.shape[0]}"
-        )
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    if max(a.shape[1], b.shape[1]) > a.shape[0]:
-        ka, kb = a @ a.T, b @ b.T
-        cross, norm_a, norm_b = (ka * kb).sum(), np.linalg.norm(ka), np.linalg.norm(kb)
-    else:
-        cross = np.linalg.norm(b.T @ a) ** 2
-        norm_a, norm_b = np.linalg.norm(a.T @ a), np.linalg.norm(b.T @ b)
-    if norm_a == 0 or norm_b == 0:
-        raise ValueError("linear_cka is undefined for a constant representation (zero variance)")
-    return float(np.clip(cross / (norm_a * norm_b), 0.0, 1.0))
-
-
 def label_features(labels: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
     """Images-per-label statistics of a training set: min, median, max, classes and images.
 

@@ -110,23 +110,6 @@ class StagedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def replace_head(
-        self,
-        num_classes: int,
-        head: str = "linear",
-        activation: str = "relu",
-        hidden: int = 512,
-        dropout: float = 0.3,
-    ) -> None:
-        """Put a freshly initialised head for a new task on the neck's features."""
-        device = next(self.stages.parameters()).device
-        self.head = make_head(head, self.feature_dim, num_classes, activation, hidden, dropout).to(
-            device
-        )
-        self.head.train(self.training)
-        self.num_classes = num_classes
-        self.head_kind = head
-
     def extra_repr(self) -> str:
         return f"name={self.name!r}, stages={self.stage_names}, feature_dim={self.feature_dim}"
 
@@ -137,10 +120,3 @@ def stage_index(key: str) -> int | None:
     if len(parts) >= 3 and parts[0] == "stages" and parts[1].isdigit():
         return int(parts[1])
     return None
-
-
-def named_stages(names: Sequence[str], modules: Sequence[nn.Module]) -> list[tuple[str, nn.Module]]:
-    """Pair stage names with modules, failing loudly when a backbone's table and split disagree."""
-    if len(names) != len(modules):
-        raise ValueError(f"{len(names)} stage names {list(names)} for {len(modules)} stage modules")
-    return list(zip(names, modules, strict=True))
