@@ -155,10 +155,37 @@ def _task_key(row: pd.Series, cols: Sequence[str]) -> tuple[Any, ...]:
     return tuple(None if pd.isna(row[c]) else row[c] for c in cols)
 
 
-def _argmax_smallest(values: pd.Series, tol: float = _TIE_TOL) -> Any:
-    """Index label of the maximum; ties (within `tol`) go to the smallest label."""
+def argmax_smallest(values: pd.Series | dict[Any, float], tol: float = _TIE_TOL) -> Any:
+    """Index label (or key) of the maximum; ties (within `tol`) go to the smallest, so the most
+    conservative learning rate or depth wins a tie."""
+    values = pd.Series(values, dtype=float)
     best = values.max()
     return min(values.index[values >= best - tol])
+
+
+def il_means(
+    frame: pd.DataFrame,
+    metric: str = DEFAULT_METRIC,
+    task_cols: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Seed means of `metric` per (task, LL, IL), and the task columns used: what alpha/beta and the
+    report's accuracy-vs-IL plots are both drawn from. Missing rates fall back to base_lr, as
+    TrialParams does."""
+    df = finished_trials(frame, metric)
+    for col in ("inner_lr", "last_lr"):
+        if col not in df.columns and "base_lr" in df.columns:
+            df[col] = df["base_lr"]
+        elif col in df.columns and "base_lr" in df.columns:
+            df[col] = df[col].fillna(df["base_lr"])
+    _require(df, ("inner_lr", "last_lr"), "alpha_beta (Dube's IL/LL grid)")
+    df = df.dropna(subset=["inner_lr", "last_lr"])
+    if df.empty:
+        raise ValueError(
+            "no finished trial has both inner_lr and last_lr set; alpha_beta needs an IL/LL grid"
+        )
+    tc = _task_cols(df, task_cols)
+    per_il = df.groupby([*tc, "last_lr", "inner_lr"], dropna=False)[metric].mean().reset_index()
+    return per_il, tc
 
 
 def alpha_beta(
@@ -174,20 +201,7 @@ def alpha_beta(
     min_m = 0 < max_m).
     Missing inner_lr / last_lr fall back to base_lr, as TrialParams does.
     """
-    df = finished_trials(frame, metric)
-    for col in ("inner_lr", "last_lr"):
-        if col not in df.columns and "base_lr" in df.columns:
-            df[col] = df["base_lr"]
-        elif col in df.columns and "base_lr" in df.columns:
-            df[col] = df[col].fillna(df["base_lr"])
-    _require(df, ("inner_lr", "last_lr"), "alpha_beta (Dube's IL/LL grid)")
-    df = df.dropna(subset=["inner_lr", "last_lr"])
-    if df.empty:
-        raise ValueError(
-            "no finished trial has both inner_lr and last_lr set; alpha_beta needs an IL/LL grid"
-        )
-    tc = _task_cols(df, task_cols)
-    per_il = df.groupby([*tc, "last_lr", "inner_lr"], dropna=False)[metric].mean().reset_index()
+    per_il, tc = il_means(frame, metric, task_cols)
     rows = []
     for _, group in per_il.groupby([*tc, "last_lr"], dropna=False, sort=False):
         acc = pd.Series(group[metric].to_numpy(), index=group["inner_lr"].to_numpy())
@@ -198,7 +212,7 @@ def alpha_beta(
             {
                 **{c: first[c] for c in tc},
                 "last_lr": first["last_lr"],
-                "alpha": float(_argmax_smallest(acc)),
+                "alpha": float(argmax_smallest(acc)),
                 "max_acc": hi,
                 "min_acc": lo,
                 "beta": beta,
@@ -337,7 +351,7 @@ def freeze_heuristic(
     rows = []
     for size in sorted(per_size.index.get_level_values(0).unique(), key=ipl_sort_key):
         acc = per_size.xs(size, level="images_per_label")
-        depth = int(_argmax_smallest(acc))
+        depth = int(argmax_smallest(acc))
         ftall = float(acc.get(0, math.nan))
         best = float(acc.max())
         rows.append(

@@ -51,6 +51,7 @@ from tunetl.meta.analysis import (
     DEFAULT_METRIC,
     DEFAULT_TASK_COLS,
     alpha_beta,
+    argmax_smallest,
     finished_trials,
     ipl_label,
     ipl_sort_key,
@@ -73,7 +74,6 @@ PARTS: dict[str, tuple[str, str, bool]] = {
 LL_INPUT = "log10_last_lr"
 NEAREST = 3
 _COUNT = re.compile(r"images_per_label|num_train|num_classes|resolution")
-_TIE = 1e-9
 _RANGE_TOL = 1e-9
 
 
@@ -119,12 +119,6 @@ def _key(values: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _argmax_smallest(acc: Mapping[float, float]) -> float:
-    """The key with the best value; ties (1e-9) go to the smallest key."""
-    top = max(acc.values())
-    return min(k for k, v in acc.items() if v >= top - _TIE)
-
-
 def describe_task(task: Mapping[str, Any]) -> str:
     """Printable task name: `dataset <- source @ N img/label`."""
     text = str(task["dataset"])
@@ -152,7 +146,7 @@ def _alpha_targets(
         alpha = float(rec["alpha"]) if rec["n_il"] >= 2 else math.nan
         rows.setdefault(key, []).append((float(rec["last_lr"]), alpha, float(rec["max_acc"])))
     best = {
-        key: _argmax_smallest({ll: acc for ll, _, acc in lls})
+        key: argmax_smallest({ll: acc for ll, _, acc in lls})
         for key, lls in rows.items()
         if len({ll for ll, _, _ in lls}) >= 2
     }
@@ -193,7 +187,7 @@ def _depth_targets(df: pd.DataFrame, metric: str, tc: list[str]) -> dict[tuple[A
             acc = dict(
                 zip(group["frozen_depth"].astype(float), group[metric].astype(float), strict=True)
             )
-            out[_key(key)] = _argmax_smallest(acc)
+            out[_key(key)] = argmax_smallest(acc)
     return out
 
 

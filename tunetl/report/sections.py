@@ -18,6 +18,7 @@ from tunetl.meta.analysis import (
     condition_sort_key,
     condition_table,
     freeze_heuristic,
+    il_means,
     ipl_label,
     ipl_sort_key,
     scale_summary,
@@ -173,14 +174,8 @@ def _freeze_section(df: pd.DataFrame, metric: str) -> list[_Section]:
 
 
 def _il_frame(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Seed means per (task, LL, IL) in percent; missing rates fall back to base_lr."""
-    tc = [c for c in DEFAULT_TASK_COLS if c in df.columns]
-    rows = df.copy()
-    if "base_lr" in rows.columns:
-        for col in ("inner_lr", "last_lr"):
-            rows[col] = rows[col].fillna(rows["base_lr"])
-    rows = rows.dropna(subset=["inner_lr", "last_lr"])
-    means = rows.groupby([*tc, "last_lr", "inner_lr"], dropna=False)[metric].mean().reset_index()
+    """Seed means per (task, LL, IL) in percent (`analysis.il_means`, as alpha/beta use)."""
+    means, _ = il_means(df, metric)
     means["acc_mean_pct"] = means[metric] * 100.0
     return means
 

@@ -40,11 +40,10 @@ from tunetl.records import (
 from tunetl.search.faults import maybe_fail
 from tunetl.search.schedulers import PAUSING
 from tunetl.search.space import SearchSpace
-from tunetl.search.tune_space import trial_params, trial_seed
+from tunetl.search.tune_space import TASK, trial_params, trial_seed
 from tunetl.trial import EpochMetrics, TrialRunner, has_diverged, pick_device, trial_threads
 
 CHECKPOINT_FILE = "trial.pt"
-TASK = "_task"
 
 
 @dataclass
