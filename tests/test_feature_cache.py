@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import tunetl.trial as trial_module
+import tunetl.placement as placement_module
 from tunetl.config import ExperimentConfig, ResourcesConfig, load_experiment
 from tunetl.data import DatasetSpec, StreamingImageSet, load_dataset
 from tunetl.feature_cache import CACHE_DIR_ENV, FeatureCache
@@ -226,7 +226,7 @@ def test_streamed_folders_use_loader_workers_and_the_node_cache(
     assert node.feature_source == {"train": "node-computed", "val": "node-computed"}
     assert history(node) == reference
     # Nothing fits in memory: every epoch streams files through one kept loader with a worker process.
-    monkeypatch.setattr(trial_module, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(placement_module, "RESIDENT_BYTES", 0)
     stream = TrialRunner(params, exp, source_state=source, task=streamed, feature_cache="node", feature_cache_dir=tmp_path)
     assert stream.feature_source == {"train": "streamed", "val": "streamed"}
     train_set = stream._train_set

@@ -13,7 +13,6 @@ batches always run through the whole network; its validation set still uses the 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -26,34 +25,18 @@ import numpy as np
 import torch
 
 from tunetl.config import ExperimentConfig
-from tunetl.data import (
-    ImageSet,
-    Preprocess,
-    StreamingImageSet,
-    TaskData,
-    images_per_label_indices,
-    load_dataset,
-)
+from tunetl.data import Preprocess, TaskData, images_per_label_indices, load_dataset
 from tunetl.data.policies import make_augmenter
 from tunetl.engine import Batch, evaluate, train_one_epoch
-from tunetl.feature_cache import MAX_ENTRY_BYTES, FeatureCache, prefix_fingerprint, prefix_key
+from tunetl.feature_cache import FeatureCache
 from tunetl.mixing import BatchMixer
 from tunetl.models import backbone_stages
 from tunetl.params import ResolvedParams, TrialParams
+from tunetl.placement import FeatureSource, InputPlacer, loader_settings
 from tunetl.schedule import build_lr_schedule
 from tunetl.transfer import make_optimizer, prepare_model
 
-log = logging.getLogger(__name__)
-
-#: Preprocessed tensors up to this size stay on the device for the whole trial.
-RESIDENT_BYTES = 1 << 30
-#: Most DataLoader worker processes a streaming trial starts.
-MAX_LOADER_WORKERS = 8
-
 FeatureCacheMode = Literal["node", "trial", "off"]
-#: Where a split's inputs come from each epoch: the node cache (read or computed by this trial), the
-#: trial's own prefix outputs, its preprocessed images (no frozen prefix to run), or streamed raw images.
-FeatureSource = Literal["node-hit", "node-computed", "trial", "preprocessed", "streamed"]
 
 
 #: A training loss above this (or not finite) marks a run diverged: it stops and ranks with accuracy 0.
@@ -126,36 +109,6 @@ def model_in_channels(experiment: ExperimentConfig, task: TaskData) -> int:
     return 3 if experiment.source.weights == "imagenet" else task.in_channels
 
 
-def loader_settings(images: ImageSet, cpus: float, device: torch.device, *, every_epoch: bool = True) -> ImageSet:
-    """Streamed folders get DataLoader workers from the trial's CPUs (one stays for training), pinned
-    memory only when batches go to a GPU, and persistent workers for the passes made every epoch;
-    in-memory sets need none of it."""
-    if not isinstance(images, StreamingImageSet):
-        return images
-    workers = max(images.num_workers, min(MAX_LOADER_WORKERS, int(cpus) - 1))
-    return images.with_loader(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=every_epoch)
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """A split's inputs to the stage the trial starts at, held for the whole trial.
-
-    `x` holds either the trial's own rows (`rows` None) or a whole split (a memory-mapped node-cache
-    entry on the CPU), which `rows` indexes into, so a subset costs no copy.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    rows: torch.Tensor | None = None
-
-    def take(self, sel: torch.Tensor) -> Batch:
-        return self.x[sel if self.rows is None else self.rows[sel]], self.y[sel]
-
-    def window(self, start: int, stop: int) -> Batch:
-        x = self.x[start:stop] if self.rows is None else self.x[self.rows[start:stop]]
-        return x, self.y[start:stop]
-
-
 class TrialRunner:
     """One trial's state between epochs.
 
@@ -163,7 +116,7 @@ class TrialRunner:
     are reused; `cache_prefix=False` is the same as "off". A trial that augments runs its training
     batches through the whole network whatever the setting; and where a whole split's outputs are too
     large to share (`feature_cache.MAX_ENTRY_BYTES`), or the trial's part of them to keep
-    (`RESIDENT_BYTES`), the trial falls back to its own cache or to streaming. `feature_cache_dir`
+    (`placement.RESIDENT_BYTES`), the trial falls back to its own cache or to streaming. `feature_cache_dir`
     defaults to `$TUNETL_FEATURE_CACHE`, else a folder under the node's temp directory.
     """
 
@@ -239,122 +192,40 @@ class TrialRunner:
         self.feature_cache: FeatureCacheMode = (feature_cache or training.feature_cache) if cache_prefix else "off"
         if self.feature_cache not in ("node", "trial", "off"):
             raise ValueError(f"feature_cache must be 'node', 'trial' or 'off', got {self.feature_cache!r}")
-        self._node_cache = FeatureCache(feature_cache_dir) if self.feature_cache == "node" else None
-        self.feature_source: dict[str, FeatureSource] = {}
-        #: Node-cache keys of the splits that use it (for inspection and tests).
-        self.feature_keys: dict[str, str] = {}
-        self._prefix_ids: dict[int, str] = {}
         cpus = experiment.resources.cpu
+        self._placer = InputPlacer(
+            self.model,
+            self.preprocess,
+            self.device,
+            cpus=cpus,
+            eval_batch_size=training.eval_batch_size,
+            dataset=self.task.name,
+            node_cache=FeatureCache(feature_cache_dir) if self.feature_cache == "node" else None,
+        )
+        self.feature_source: dict[str, FeatureSource] = self._placer.sources
+        #: Node-cache keys of the splits that use it (for inspection and tests).
+        self.feature_keys: dict[str, str] = self._placer.keys
         self._train_set = loader_settings(self.task.train, cpus, self.device)
         self._val_set = loader_settings(self.task.val, cpus, self.device)
         prefix = 0 if self.feature_cache == "off" else self.frozen_prefix
         # With augmentation the inputs change every epoch: only the preprocessed images are kept.
         # MixUp/CutMix, label smoothing and schedules act after the prefix and keep its cache.
-        self.train_start, self._train_cache = self._inputs(
+        self.train_start, self._train_cache = self._placer.place(
             "train", self.task.train, self.train_idx, 0 if self.augmenter is not None else prefix
         )
-        self.val_start, self._val_cache = self._inputs("val", self.task.val, np.arange(len(self.task.val)), prefix)
+        self.val_start, self._val_cache = self._placer.place(
+            "val", self.task.val, np.arange(len(self.task.val)), prefix
+        )
 
     @property
     def num_train(self) -> int:
         return len(self.train_idx)
 
-    def _prepared_batches(self, images: ImageSet, idx: np.ndarray, batch_size: int, stage: int) -> Iterator[Batch]:
-        for x, y in images.batches(idx, batch_size, False, None):
-            x = self.preprocess(x.to(self.device, non_blocking=True))
-            if stage > 0:
-                with torch.no_grad():
-                    x = self.model.forward_stages(x, 0, stage)
-            yield x, y.to(self.device, non_blocking=True)
-
-    def _inputs(self, split: str, images: ImageSet, idx: np.ndarray, stage: int) -> tuple[int, _Inputs | None]:
-        """(start stage, held inputs) of a split: the node cache, else the trial's own, else streaming."""
-        once = loader_settings(images, self.experiment.resources.cpu, self.device, every_epoch=False)
-        if stage > 0 and self._node_cache is not None:
-            shared = self._shared(split, images, once, idx, stage)
-            if shared is not None:
-                return stage, shared
-        own = self._resident(once, idx, stage)
-        if own is not None:
-            self.feature_source[split] = "trial" if stage > 0 else "preprocessed"
-            return stage, own
-        # Too big to keep: every epoch streams raw images through all stages.
-        self.feature_source[split] = "streamed"
-        return 0, None
-
-    def _resident(self, images: ImageSet, idx: np.ndarray, stage: int) -> _Inputs | None:
-        """Preprocess (and run the frozen prefix) once, if the result fits in `RESIDENT_BYTES`."""
-        if len(idx) == 0:
-            return None
-        self.model.eval()
-        xs, ys, size = [], [], 0
-        with torch.no_grad():
-            for x, y in self._prepared_batches(images, idx, self.experiment.training.eval_batch_size, stage):
-                xs.append(x)
-                ys.append(y)
-                size += x.numel() * x.element_size()
-                if size > RESIDENT_BYTES:
-                    return None
-        return _Inputs(torch.cat(xs), torch.cat(ys))
-
-    def _shared(self, split: str, images: ImageSet, once: ImageSet, idx: np.ndarray, stage: int) -> _Inputs | None:
-        """The prefix outputs of the whole split from the node cache (computed here on a miss, reading
-        `once`: the split with loader settings for a single pass); None when they are too large to
-        share or the trial's rows too large to keep."""
-        assert self._node_cache is not None
-        if len(idx) == 0:
-            return None
-        self.model.eval()
-        height, width = self.preprocess.size or images.image_size
-        with torch.no_grad():  # one blank input gives the output's shape and dtype without reading images
-            blank = torch.zeros(1, self.preprocess.in_channels, height, width, device=self.device)
-            sample = self.model.forward_stages(blank, 0, stage)
-        row_bytes = sample[0].numel() * sample.element_size()
-        if row_bytes * len(images) > MAX_ENTRY_BYTES or row_bytes * len(idx) > RESIDENT_BYTES:
-            log.info("%s features of %d images are too large to share: this trial keeps its own", split, len(images))
-            return None
-        if stage not in self._prefix_ids:  # hashed once for both splits
-            self._prefix_ids[stage] = prefix_fingerprint(self.model, stage)
-        key = prefix_key(
-            self._prefix_ids[stage],
-            self.preprocess,
-            images,
-            dataset=self.task.name,
-            split=split,
-            device=self.device,
-            dtype=sample.dtype,
-        )
-        found = self._node_cache.get_or_compute(key, lambda: self._split_features(once, stage, sample))
-        features = found.features
-        if tuple(features.shape) != (len(images), *sample.shape[1:]):
-            log.warning("node-cache entry %s has shape %s: this trial keeps its own", key, tuple(features.shape))
-            return None
-        self.feature_keys[split] = key
-        self.feature_source[split] = "node-computed" if found.computed else "node-hit"
-        rows = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-        y = torch.from_numpy(images.labels[rows.numpy()]).to(self.device)
-        if self.device.type == "cpu":
-            whole = len(idx) == len(images) and bool((rows == torch.arange(len(images))).all())
-            return _Inputs(features, y, None if whole else rows)
-        return _Inputs(features[rows].to(self.device, non_blocking=True), y)
-
-    def _split_features(self, images: ImageSet, stage: int, sample: torch.Tensor) -> torch.Tensor:
-        """Prefix outputs of every image of a split, gathered on the CPU for the node cache."""
-        out = torch.empty((len(images), *sample.shape[1:]), dtype=sample.dtype)
-        bs = self.experiment.training.eval_batch_size
-        self.model.eval()
-        start = 0
-        with torch.no_grad():
-            for x, _ in self._prepared_batches(images, np.arange(len(images)), bs, stage):
-                out[start : start + len(x)] = x.to("cpu")
-                start += len(x)
-        return out
-
     def _train_batches(self) -> Iterator[Batch]:
         bs = self.experiment.training.batch_size
         if self._train_cache is None:
             order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator).numpy()]
-            for x, y in self._prepared_batches(self._train_set, order, bs, 0):
+            for x, y in self._placer.batches(self._train_set, order, bs, 0):
                 yield (self.augmenter(x) if self.augmenter is not None else x), y
             return
         inputs = self._train_cache
@@ -368,7 +239,7 @@ class TrialRunner:
     def _val_batches(self) -> Iterator[Batch]:
         bs = self.experiment.training.eval_batch_size
         if self._val_cache is None:
-            yield from self._prepared_batches(self._val_set, np.arange(len(self.task.val)), bs, 0)
+            yield from self._placer.batches(self._val_set, np.arange(len(self.task.val)), bs, 0)
             return
         inputs = self._val_cache
         for start in range(0, len(inputs.y), bs):
