@@ -936,17 +936,20 @@ def anytime_methods(quick: bool) -> list[tuple[str, list[str]]]:
     ]
 
 
+def anytime_group(result: dict[str, Any]) -> str | None:
+    """The images-per-label group of one Tune result (from the trial label's `ipl=N`), None when the
+    result has no val_acc to count."""
+    import re
+
+    group = re.search(r"ipl=(\S+)", str(result.get("trial", "")))
+    return group.group(1) if group and isinstance(result.get("val_acc"), (int, float)) else None
+
+
 def anytime_curve(rows: list[list[dict[str, Any]]]) -> dict[str, list[tuple[int, float]]]:
     """Per images-per-label group: (epochs spent so far, best val_acc so far) after each epoch of the
     search, epochs in the order Tune received them."""
-    import re
-
-    events = []
-    for trial in rows:
-        for r in trial:
-            group = re.search(r"ipl=(\S+)", str(r.get("trial", "")))
-            if group and isinstance(r.get("val_acc"), (int, float)):
-                events.append((float(r.get("timestamp", 0)), group.group(1), float(r["val_acc"])))
+    events = [(float(r.get("timestamp", 0)), g, float(r["val_acc"]))
+              for trial in rows for r in trial if (g := anytime_group(r)) is not None]
     curves: dict[str, list[tuple[int, float]]] = {}
     best: dict[str, float] = {}
     for _, g, acc in sorted(events):
@@ -989,7 +992,7 @@ def section_anytime(ctx: Ctx) -> dict[str, Any]:
     finally:
         if todo:
             stop_ray()
-    result = summarize_anytime(raw, ctx.quick)
+    result = summarize_anytime(raw)
     png = plot_anytime(raw, ctx.out_dir / ("anytime_quick.png" if ctx.quick else "anytime.png"))
     searched = sum(r["wall_s"] for runs in raw.values() for r in runs)
     result["setup"] = {"note": f"MNIST-5k digits 5-9, smallcnn from digits 0-4, frozen-prefix cache; "
@@ -1004,7 +1007,7 @@ def section_anytime(ctx: Ctx) -> dict[str, Any]:
     return result
 
 
-def summarize_anytime(raw: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str, Any]:
+def summarize_anytime(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Rows (median over seeds) and the 30% target, from every search's (epochs, best so far) curves."""
     grid = raw["grid"][0]["curves"]
     rows, targets = [], []
@@ -1038,14 +1041,11 @@ def summarize_anytime(raw: dict[str, list[dict[str, Any]]], quick: bool) -> dict
 
 def anytime_trial_bests(rows: list[list[dict[str, Any]]]) -> dict[str, list[float]]:
     """Per images-per-label group: each trial's best val_acc."""
-    import re
-
     bests: dict[str, list[float]] = {}
     for trial in rows:
-        accs = [float(r["val_acc"]) for r in trial if isinstance(r.get("val_acc"), (int, float))]
-        group = re.search(r"ipl=(\S+)", str(trial[0].get("trial", ""))) if trial else None
-        if group and accs:
-            bests.setdefault(group.group(1), []).append(max(accs))
+        counted = [(g, float(r["val_acc"])) for r in trial if (g := anytime_group(r)) is not None]
+        if counted:
+            bests.setdefault(counted[0][0], []).append(max(acc for _, acc in counted))
     return bests
 
 
