@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -65,31 +65,21 @@ class Inputs:
         return x, self.y[start:stop]
 
 
+@dataclass
 class InputPlacer:
     """Places a trial's splits (`place`) and streams what is not held (`batches`); records where each
     split's inputs come from (`sources`) and its node-cache key (`keys`)."""
 
-    def __init__(
-        self,
-        model: StagedModel,
-        preprocess: Preprocess,
-        device: torch.device,
-        *,
-        cpus: float,
-        eval_batch_size: int,
-        dataset: str,
-        node_cache: FeatureCache | None,
-    ) -> None:
-        self.model = model
-        self.preprocess = preprocess
-        self.device = device
-        self.cpus = cpus
-        self.eval_batch_size = eval_batch_size
-        self.dataset = dataset
-        self._node_cache = node_cache
-        self.sources: dict[str, FeatureSource] = {}
-        self.keys: dict[str, str] = {}
-        self._prefix_ids: dict[int, str] = {}
+    model: StagedModel
+    preprocess: Preprocess
+    device: torch.device
+    cpus: float
+    eval_batch_size: int
+    dataset: str
+    node_cache: FeatureCache | None
+    sources: dict[str, FeatureSource] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    _prefix_ids: dict[int, str] = field(default_factory=dict)
 
     def batches(self, images: ImageSet, idx: np.ndarray, batch_size: int, stage: int) -> Iterator[Batch]:
         """Preprocessed batches of `images[idx]` on the device, through stages [0, stage) when stage > 0."""
@@ -103,7 +93,7 @@ class InputPlacer:
     def place(self, split: str, images: ImageSet, idx: np.ndarray, stage: int) -> tuple[int, Inputs | None]:
         """(start stage, held inputs) of a split: the node cache, else the trial's own, else streaming."""
         once = loader_settings(images, self.cpus, self.device, every_epoch=False)
-        if stage > 0 and self._node_cache is not None:
+        if stage > 0 and self.node_cache is not None:
             shared = self._shared(split, images, once, idx, stage)
             if shared is not None:
                 return stage, shared
@@ -134,7 +124,7 @@ class InputPlacer:
         """The prefix outputs of the whole split from the node cache (computed here on a miss, reading
         `once`: the split with loader settings for a single pass); None when they are too large to
         share or the trial's rows too large to keep."""
-        assert self._node_cache is not None
+        assert self.node_cache is not None
         if len(idx) == 0:
             return None
         self.model.eval()
@@ -157,7 +147,7 @@ class InputPlacer:
             device=self.device,
             dtype=sample.dtype,
         )
-        found = self._node_cache.get_or_compute(key, lambda: self._split_features(once, stage, sample))
+        found = self.node_cache.get_or_compute(key, lambda: self._split_features(once, stage, sample))
         features = found.features
         if tuple(features.shape) != (len(images), *sample.shape[1:]):
             log.warning("node-cache entry %s has shape %s: this trial keeps its own", key, tuple(features.shape))
