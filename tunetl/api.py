@@ -269,38 +269,6 @@ class SearchInterrupted(RuntimeError):
         self.summary, self.signal = summary, signal
 
 
-def _search_to_resume(storage: Any, exp: ExperimentConfig, *, resume: bool, new: bool) -> str | None:
-    """The search folder to continue: asked for (`resume`) or found unfinished with the same inputs."""
-    from tunetl.search import runner as rn
-    from tunetl.search.state import read_state
-
-    if new:
-        if resume:
-            raise ConfigError("--resume and --new exclude each other: resume the last search or start a new one")
-        return None
-    run_dir, busy = rn.unfinished_run_dir(storage, exp.name)
-    if run_dir is None and resume:
-        run_dir = rn.latest_run_dir(storage, exp.name)
-        if run_dir == busy:
-            run_dir = None
-    if run_dir is None:
-        if resume:
-            running = f" ({busy} is being run by another tunetl process)" if busy else ""
-            raise ConfigError(f"--resume: no earlier search of {exp.name!r} under {storage.display()}{running}")
-        return None
-    if read_state(storage, run_dir).fingerprint != exp.fingerprint():
-        if resume:
-            raise ConfigError(
-                f"--resume: the experiment or its search space changed since {run_dir} started; "
-                "resume needs the same inputs (run without --resume to start a new search)"
-            )
-        return None
-    if not resume:
-        print(f"[tunetl] {run_dir} did not finish (same experiment and search space): resuming it; "
-              "pass --new to start a fresh search instead", file=sys.stderr, flush=True)
-    return run_dir
-
-
 def run(
     experiment: str | Path | dict[str, Any] | ExperimentConfig,
     *,
@@ -326,93 +294,103 @@ def run(
     """
     from tunetl.search import preflight as pf
     from tunetl.search import runner as rn
-    from tunetl.search.space import describe
-    from tunetl.search.state import SearchState, read_state, write_state
-    from tunetl.tracking import SearchRecorder, adopt_credentials, check_tracking, resolve_tracking_uri
+    from tunetl.search.session import SearchSession, folder_to_resume, new_run_name
 
     p = plan(experiment, overrides, name)
-    exp = p.experiment
-    _check_local_run(exp, address, num_cpus)
-    if register_model:
-        exp = p.experiment = exp.model_copy(update={"output": exp.output.model_copy(
-            update={"register_model": register_model})})
-    _check_model_name(exp.output.register_model)
-    uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
-    check_tracking(uri)
-    store = pf.open_storage(storage)
-    pf.check_local_storage(store)
-    pf.check_address(address)
+    uri, store = _checked_inputs(p, address, num_cpus, tracking_uri, storage, register_model)
     started = time.perf_counter()
-    cont = None
-    if more is not None:
-        from tunetl.history import continuation
-
-        if resume:
-            raise ConfigError("--more and --resume exclude each other: --more adds trials to a finished search")
-        exp = exp.model_copy(update={"searcher": exp.searcher.model_copy(update={"num_samples": more})})
-        p.experiment = exp
-        cont = continuation(store, exp, p.space, uri, [t.name for _, t in p.tasks])
-        print(f"[tunetl] --more {more}: {len(cont.told)} finished configuration(s) of {cont.run_dir} told to the "
-              f"searcher; new trials join parent run {cont.parent_run_id}", flush=True)
-    run_name = None if cont else _search_to_resume(store, exp, resume=resume, new=new)
-    print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
-          f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
-          flush=True)
-    # MLflow's import and store set-up (1.5-1.8 s) overlap Ray's start (about 4 s).
-    with ThreadPoolExecutor(1, thread_name_prefix="tunetl-mlflow") as pool:
-        recorder_ready = pool.submit(SearchRecorder, uri, exp.name)
-        pf.init_ray(address, num_cpus=num_cpus)
-        recorder = recorder_ready.result()
+    cont = _continuation(p, store, uri, more, resume) if more is not None else None
+    run_name = None if cont else folder_to_resume(store, p.experiment, resume=resume, new=new)
+    exp = p.experiment
+    recorder = _start(p, uri, address, num_cpus)
     pf.check_resources(exp)
     pf.check_storage(store)
     pf.check_data([task for _, task in p.tasks])
     bundles = _bundles(p, store)
     prune_tags = _prune_backbones(p, bundles)
-    run_name = run_name or rn.new_run_name(exp.name)
-    run_path: Path | str = Path(store.path(run_name)) if store.is_local else store.display(run_name)
-    lock = rn.DriverLock(store, run_name)
-    if not lock.acquire():
-        raise pf.SearchError(f"{run_path} is being run by another tunetl process; wait for it or pass --new")
-    try:
-        if cont is not None:
-            parent = cont.parent_run_id
-            recorder.reopen_parent(parent)
-            recorder.set_parent_tags({f"tunetl.more.{run_name}": json.dumps(
-                {"trials": more, "told": len(cont.told), "after": cont.run_dir})})
-            write_state(store, run_name, SearchState(exp.fingerprint(), parent, exp.name, uri,
-                                                     config=exp.model_dump(mode="json"), more_of=cont.run_dir))
-        elif store.exists(run_name, rn.STATE_FILE):
-            state = read_state(store, run_name)
-            parent = state.parent_run_id
-            recorder.reopen_parent(parent)
-            write_state(store, run_name, state.but(finished=False))
-        else:
-            parent = recorder.start_parent(_parent_params(exp, p),
-                                           tags={STORAGE_TAG: str(run_path), **_skipped_tag(p),
-                                                 **_source_tags(bundles, store), **prune_tags})
-            write_state(store, run_name, SearchState(exp.fingerprint(), parent, exp.name, uri,
-                                                     config=exp.model_dump(mode="json")))
-        try:  # from here on, any stop (Ctrl-C while Tune loads, an error) closes the parent run
-            if rn.can_restore(store, run_name):
-                logger = recorder.trial_logger()
-                tuner = rn.restore_tuner(store, run_name, exp, space=p.space, bundles=bundles, recorder=logger)
-            else:
-                # New, or its driver died before Tune saved any state: start the trials in the same folder.
-                warm = _warm_start(p, bundles, uri)
-                if warm:
-                    recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
-                told = cont.told if cont else _history(p, uri, recorder)
-                tuner = rn.build_tuner(exp, p.space, bundles=bundles, recorder=recorder.trial_logger(),
-                                       storage=store, run_name=run_name, warm_start=warm, told=told,
-                                       sampler_seed_offset=cont.earlier_trials if cont else 0)
-            outcome = rn.fit(tuner, started, run_path)
-        except BaseException:
-            recorder.close_open_children("KILLED", "interrupted")
-            recorder.end_parent("KILLED")
-            raise
-        return _finish(exp, recorder, outcome, uri, parent, store, run_name, p, bundles)
-    finally:
-        lock.release()
+    session = SearchSession(store, exp, recorder, uri, run_name or new_run_name(exp.name))
+    with session.held():
+        session.open_parent(_parent_params(exp, p), more=_more_of(cont, more),
+                            tags={STORAGE_TAG: str(session.path), **_skipped_tag(p),
+                                  **_source_tags(bundles, store), **prune_tags})
+        with session.killed_on_stop():
+            tuner = _tuner(session, p, bundles, cont)
+            outcome = rn.fit(tuner, started, session.path)
+        return _finish(session, outcome, p, bundles)
+
+
+def _checked_inputs(p: Plan, address: str | None, num_cpus: int | None, tracking_uri: str | None,
+                    storage: str | Path | None, register_model: str | None) -> tuple[str, Any]:
+    """Every check that needs neither Ray nor an MLflow run: (tracking URI, search storage)."""
+    from tunetl.search import preflight as pf
+    from tunetl.tracking import adopt_credentials, check_tracking, resolve_tracking_uri
+
+    _check_local_run(p.experiment, address, num_cpus)
+    if register_model:
+        out = p.experiment.output.model_copy(update={"register_model": register_model})
+        p.experiment = p.experiment.model_copy(update={"output": out})
+    _check_model_name(p.experiment.output.register_model)
+    uri = adopt_credentials(resolve_tracking_uri(tracking_uri))
+    check_tracking(uri)
+    store = pf.open_storage(storage)
+    pf.check_local_storage(store)
+    pf.check_address(address)
+    return uri, store
+
+
+def _continuation(p: Plan, store: Any, uri: str, more: int, resume: bool) -> Any:
+    """`--more N`: the finished search to continue, its trials told to the searcher."""
+    from tunetl.history import continuation
+
+    if resume:
+        raise ConfigError("--more and --resume exclude each other: --more adds trials to a finished search")
+    exp = p.experiment = p.experiment.model_copy(
+        update={"searcher": p.experiment.searcher.model_copy(update={"num_samples": more})})
+    cont = continuation(store, exp, p.space, uri, [t.name for _, t in p.tasks])
+    print(f"[tunetl] --more {more}: {len(cont.told)} finished configuration(s) of {cont.run_dir} told to the "
+          f"searcher; new trials join parent run {cont.parent_run_id}", flush=True)
+    return cont
+
+
+def _more_of(cont: Any, more: int | None) -> Any:
+    from tunetl.search.session import MoreOf
+
+    return None if cont is None else MoreOf(cont.run_dir, cont.parent_run_id, int(more or 0), len(cont.told))
+
+
+def _start(p: Plan, uri: str, address: str | None, num_cpus: int | None) -> Any:
+    """Say what runs, then start Ray and the search's MLflow recorder side by side: MLflow's import and
+    store set-up (1.5-1.8 s) overlap Ray's start (about 4 s)."""
+    from tunetl.search import preflight as pf
+    from tunetl.search.space import describe
+    from tunetl.tracking import SearchRecorder
+
+    exp = p.experiment
+    print(f"[tunetl] {exp.name}: {p.task_names}; backbone {exp.backbone}; {describe(p.space)}; "
+          f"x {len(exp.seeds)} seed(s); searcher {exp.searcher.type}, scheduler {exp.scheduler.type}",
+          flush=True)
+    with ThreadPoolExecutor(1, thread_name_prefix="tunetl-mlflow") as pool:
+        recorder_ready = pool.submit(SearchRecorder, uri, exp.name)
+        pf.init_ray(address, num_cpus=num_cpus)
+        return recorder_ready.result()
+
+
+def _tuner(session: Any, p: Plan, bundles: list[Any], cont: Any) -> Any:
+    """Tune's own state of the folder if it saved any; else a new Tuner in the same folder (a new search,
+    or one whose driver died before Tune saved anything)."""
+    from tunetl.search import runner as rn
+
+    store, run_name, recorder, uri = session.storage, session.run_name, session.recorder, session.tracking_uri
+    if rn.can_restore(store, run_name):
+        return rn.restore_tuner(store, run_name, p.experiment, space=p.space, bundles=bundles,
+                                recorder=recorder.trial_logger())
+    warm = _warm_start(p, bundles, uri)
+    if warm:
+        recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})
+    told = cont.told if cont else _history(p, uri, recorder)
+    return rn.build_tuner(p.experiment, p.space, bundles=bundles, recorder=recorder.trial_logger(),
+                          storage=store, run_name=run_name, warm_start=warm, told=told,
+                          sampler_seed_offset=cont.earlier_trials if cont else 0)
 
 
 def _check_model_name(name: str | None) -> None:
@@ -426,15 +404,14 @@ def _check_model_name(name: str | None) -> None:
         raise ConfigError(f"--register-model / output.register_model: {err}") from None
 
 
-def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, recorder: Any, uri: str, parent: str,
-             bundles: list[Any]) -> Any:
+def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, session: Any, bundles: list[Any]) -> Any:
     """Test accuracy of the selected configurations, the winner's model logged (and registered)."""
     from tunetl.delivery import Delivery, deliver
 
     out = p.experiment.output
     try:
-        return deliver(p, frame, outcome.checkpoints, tracking_uri=uri, experiment_id=recorder.experiment_id,
-                       parent_run_id=parent,
+        return deliver(p, frame, outcome.checkpoints, tracking_uri=session.tracking_uri,
+                       experiment_id=session.recorder.experiment_id, parent_run_id=session.parent_run_id,
                        # refit starts from the source weights of the winner's own backbone
                        source_state=lambda backbone: bundles[0].for_backbone(backbone).source_state,
                        register=out.register_model, refit=out.refit)
@@ -443,38 +420,34 @@ def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, recorder: Any, uri: str
         return Delivery(frame, notes=[f"the winner's model was not delivered: {err}"])
 
 
-def _finish(
-    exp: ExperimentConfig, recorder: Any, outcome: Any, uri: str, parent: str, store: Any, run_name: str,
-    p: Plan, bundles: list[Any],
-) -> RunSummary:
+def _finish(session: Any, outcome: Any, p: Plan, bundles: list[Any]) -> RunSummary:
     """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
-    from tunetl.search.state import read_state, write_state
     from tunetl.tracking import load_trials
 
+    exp, recorder, uri, parent = p.experiment, session.recorder, session.tracking_uri, session.parent_run_id
     failed = outcome.num_errors
     delivery = None
     if outcome.interrupted:
-        recorder.close_open_children("KILLED", "interrupted")
-        recorder.end_parent("KILLED")
+        session.close_killed()
         frame = load_trials(exp.name, uri, parent_run_id=parent)
     else:
         orphans = recorder.close_open_children("KILLED", "no trial took this run over after a restart")
         if orphans:
             print(f"[tunetl] closed {orphans} run(s) of an earlier driver as KILLED", file=sys.stderr)
         frame = load_trials(exp.name, uri, parent_run_id=parent)
-        delivery = _deliver(p, frame, outcome, recorder, uri, parent, bundles)
+        delivery = _deliver(p, frame, outcome, session, bundles)
         frame = delivery.frame
         recorder.end_parent(
             "FINISHED" if outcome.num_trials > failed else "FAILED",
             summary={"num_trials": outcome.num_trials, "num_failed": failed, **delivery.parent_metrics},
         )
-        write_state(store, run_name, read_state(store, run_name).but(finished=True))
+        session.mark_finished()
     summary = RunSummary(exp.name, parent, uri, outcome.path, outcome.num_trials, failed,
                          outcome.seconds, frame, best_table(frame), delivery)
     if outcome.interrupted:
         left = f"with {outcome.num_incomplete} trial(s) unfinished" if outcome.num_incomplete else "before it finished"
         raise SearchInterrupted(
-            f"search {run_name} stopped {left}; its state is saved: run the same command again (or add "
+            f"search {session.run_name} stopped {left}; its state is saved: run the same command again (or add "
             "--resume) to finish it", summary, outcome.signal)
     return summary
 

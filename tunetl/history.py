@@ -43,8 +43,8 @@ def _comparable(body: dict[str, Any]) -> dict[str, Any]:
 def continuation(store: Any, exp: ExperimentConfig, space: Any, uri: str, tasks: list[str]) -> Continuation:
     """The newest finished search of `exp.name` under `store`, checked to have the same experiment and
     space, and its finished trials as seeds. ConfigError (exit 2) says why `--more` cannot run."""
-    from tunetl.search import runner as rn
     from tunetl.search.searchers import objectives, seeds_from_trials, space_changes
+    from tunetl.search.session import finished_run_dir
     from tunetl.tracking import load_trials
 
     if exp.searcher.type not in ("random", "optuna"):
@@ -52,7 +52,7 @@ def continuation(store: Any, exp: ExperimentConfig, space: Any, uri: str, tasks:
                           "a random or optuna search (a grid already ran every point)")
     if exp.scheduler.type in ("pbt", "pb2", "bohb"):
         raise ConfigError(f"--more: scheduler.type {exp.scheduler.type} keeps its own population; start a new search")
-    finished = rn.finished_run_dir(store, exp.name)
+    finished = finished_run_dir(store, exp.name)
     if finished is None:
         raise ConfigError(f"--more: no finished search of {exp.name!r} under {store.display()}; run it first "
                           "(or finish it with --resume)")

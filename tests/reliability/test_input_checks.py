@@ -142,16 +142,16 @@ def test_resume_finds_the_search_of_its_own_name_not_one_that_shares_the_prefix(
     """`conc` must not pick `conc_other_*` (newer, and with other inputs: a false "experiment changed")."""
     import json
 
-    from tunetl.search import runner as rn
+    from tunetl.search import session as sess
     from tunetl.search.preflight import open_storage
     from tunetl.search.state import SearchState, write_state
 
     store = open_storage(tmp_path)
     for folder in ("conc_20260101-000000", "conc_other_20260101-000001", "conc_x"):
         write_state(store, folder, SearchState(folder, None, folder.rsplit("_", 1)[0]))
-    assert rn.latest_run_dir(store, "conc") == "conc_20260101-000000"
-    assert rn.unfinished_run_dir(store, "conc")[0] == "conc_20260101-000000"
-    assert rn.latest_run_dir(store, "conc_other") == "conc_other_20260101-000001"
+    assert sess.latest_run_dir(store, "conc") == "conc_20260101-000000"
+    assert sess.unfinished_run_dir(store, "conc")[0] == "conc_20260101-000000"
+    assert sess.latest_run_dir(store, "conc_other") == "conc_other_20260101-000001"
     assert json.loads((tmp_path / "conc_x" / "tunetl_search.json").read_text())["fingerprint"] == "conc_x"
 
 

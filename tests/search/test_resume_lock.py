@@ -9,7 +9,8 @@ import pytest
 
 from tunetl import api
 from tunetl.config import ConfigError, load_experiment
-from tunetl.search import runner as rn
+from tunetl.records import STATE_FILE
+from tunetl.search import session as sess
 from tunetl.search.preflight import open_storage
 from tunetl.search.state import SearchState, write_state
 from tunetl.search.storage import Storage
@@ -26,7 +27,7 @@ def _unfinished(storage: Path, name: str) -> Storage:
 
 def test_resume_refuses_a_search_another_driver_holds(tmp_path: Path) -> None:
     store = _unfinished(tmp_path / "runs", "quickstart_20260101-000000")
-    held = rn.DriverLock(store, "quickstart_20260101-000000")
+    held = sess.DriverLock(store, "quickstart_20260101-000000")
     assert held.acquire()
     try:
         with pytest.raises(ConfigError, match=r"quickstart_20260101-000000 is being run by another tunetl process"):
@@ -41,13 +42,13 @@ def test_the_newest_unfinished_search_no_driver_holds_is_the_one_resumed(tmp_pat
 
     store = _unfinished(tmp_path / "runs", "quickstart_20260101-000000")
     _unfinished(tmp_path / "runs", "quickstart_20260102-000000")
-    older = store.local_path / "quickstart_20260101-000000" / rn.STATE_FILE
+    older = store.local_path / "quickstart_20260101-000000" / STATE_FILE
     os.utime(older, (1, 1))  # the 01-01 search is the older one
-    assert rn.unfinished_run_dir(store, "quickstart") == ("quickstart_20260102-000000", None)
-    newer = rn.DriverLock(store, "quickstart_20260102-000000")
+    assert sess.unfinished_run_dir(store, "quickstart") == ("quickstart_20260102-000000", None)
+    newer = sess.DriverLock(store, "quickstart_20260102-000000")
     assert newer.acquire()
     try:
-        assert rn.unfinished_run_dir(store, "quickstart") == ("quickstart_20260101-000000", "quickstart_20260102-000000")
+        assert sess.unfinished_run_dir(store, "quickstart") == ("quickstart_20260101-000000", "quickstart_20260102-000000")
     finally:
         newer.release()
 

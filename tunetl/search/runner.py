@@ -9,7 +9,6 @@ stops never runs code after its last report.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -19,13 +18,12 @@ from typing import Any
 
 from ray import tune
 
-from tunetl.config import ExperimentConfig, check_name
-from tunetl.records import DIVERGED_KEY, DIVERGED_TAG, RUN_ID_KEY, STATE_FILE
+from tunetl.config import ExperimentConfig
+from tunetl.records import DIVERGED_KEY, DIVERGED_TAG, RUN_ID_KEY
 from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.preflight import SearchError
 from tunetl.search.space import SearchSpace
-from tunetl.search.state import SearchState, read_state
 from tunetl.search.storage import Storage
 from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
 from tunetl.search.tune_space import (
@@ -215,89 +213,6 @@ def build_tuner(
             verbose=1,
         ),
     )
-
-
-class DriverLock:
-    """Held by the driver of a search for as long as it runs (the kernel drops it if the driver is killed),
-    so that a second `tunetl run` never resumes a search another driver is still running. On object
-    stores, which have no locks, it guards against drivers on the same machine only."""
-
-    NAME = ".driver.lock"
-
-    def __init__(self, storage: Storage, run: str) -> None:
-        self.path = storage.lock_file(run, self.NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-_STAMP = re.compile(r"_\d{8}-\d{6}$")
-
-
-def new_run_name(experiment_name: str) -> str:
-    """The one place an experiment name becomes a path: the search folder `<name>_<YYYYmmdd-HHMMSS>`.
-
-    The name was checked as one safe folder name (`tunetl.config.check_name`) when the experiment loaded.
-    """
-    check_name(experiment_name)
-    return f"{experiment_name}_{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _searches_of(storage: Storage, experiment_name: str) -> list[str]:
-    """This experiment's search folders, oldest first: `name_<stamp>` exactly (not `name_other_<stamp>`)."""
-    runs = storage.subfolders_with(f"{experiment_name}_", STATE_FILE)
-    return [r for r, _ in runs if _STAMP.search(r) and _STAMP.sub("", r) == experiment_name]
-
-
-def latest_run_dir(storage: Storage, experiment_name: str) -> str | None:
-    """The newest search of this experiment in `storage`, finished or not (its folder name)."""
-    runs = _searches_of(storage, experiment_name)
-    return runs[-1] if runs else None
-
-
-def finished_run_dir(storage: Storage, experiment_name: str) -> tuple[str, SearchState] | None:
-    """The newest finished search of this experiment (folder name, state), or None."""
-    for run in reversed(_searches_of(storage, experiment_name)):
-        try:
-            state = read_state(storage, run)
-        except (OSError, ValueError):
-            continue
-        if state.finished:
-            return run, state
-    return None
-
-
-def unfinished_run_dir(storage: Storage, experiment_name: str) -> tuple[str | None, str | None]:
-    """(newest unfinished search of this experiment no driver holds, newest one that a driver holds)."""
-    busy = None
-    for run in reversed(_searches_of(storage, experiment_name)):
-        try:
-            if read_state(storage, run).finished:
-                continue
-        except (OSError, ValueError):
-            continue
-        lock = DriverLock(storage, run)
-        if lock.acquire():
-            lock.release()
-            return run, busy
-        busy = busy or run
-    return None, busy
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
