@@ -19,14 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from tunetl import api
+from tunetl.meta.dataset import meta_dataset
 from tunetl.meta.evaluate import one_shot_evaluation, quantity_errors
-from tunetl.meta.regressor import (
-    KINDS,
-    drop_column_errors,
-    feature_importance,
-    fit_meta_model,
-    meta_dataset,
-)
+from tunetl.meta.loto import drop_column_errors
+from tunetl.meta.parts import KINDS
+from tunetl.meta.regressor import feature_importance, fit_meta_model
 
 DUBE_SHARE = 0.16
 
@@ -87,7 +84,7 @@ def headline(frame: pd.DataFrame, kind: str = "forest", hold_out_pair: bool = Tr
                    f"{r.best_fixed:.3f} | {vs} |")
 
     meta = meta_dataset(frame)
-    model = fit_meta_model(meta, features=features, kind=kind, evaluate=False)
+    model = fit_meta_model(meta, features=features, kind=kind)
     importance = feature_importance(model)
     if len(importance.columns):
         out += ["", f"Feature importance of the {kind} meta-model fitted on all {model.n_tasks} tasks "

@@ -23,8 +23,8 @@ import torch
 
 from tunetl.config import ExperimentConfig, SourceSpec
 from tunetl.data import DatasetSpec, load_dataset
-from tunetl.meta.features import sample_per_label
-from tunetl.meta.rank import score_backbone
+from tunetl.features.rank import score_backbone
+from tunetl.features.task import sample_per_label
 from tunetl.models import build
 from tunetl.params import TrialParams
 from tunetl.trial import TrialRunner

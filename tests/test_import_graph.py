@@ -112,3 +112,11 @@ def test_library_lives_in_its_layer(library: str, home: str) -> None:
         and any(t == library or t.startswith(library + ".") for t in _imports(path, name))
     )
     assert not outside, f"{library} is imported outside {home}: {outside}"
+
+
+def test_meta_is_analysis_without_torch() -> None:
+    """`tunetl.meta` works on the trials table; torch forward passes live in `tunetl.features`."""
+    users = sorted(name for name, path in _modules().items()
+                   if name.startswith("tunetl.meta") and any(t == "torch" or t.startswith("torch.")
+                                                             for t in _imports(path, name)))
+    assert not users, f"torch is imported in tunetl.meta: {users}"

@@ -81,10 +81,11 @@ def test_one_shot_evaluation_on_recorded_grid(recorded: str) -> None:
 
 def test_fit_and_predict_against_a_real_server(recorded: str, mlflow_server: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
-    from tunetl.meta.regressor import fit_meta_model, meta_dataset
+    from tunetl.meta.dataset import meta_dataset
+    from tunetl.meta.loto import fit_with_loto
     from tunetl.tracking.registry import load_meta_model, log_meta_model
 
-    model = fit_meta_model(meta_dataset(api.trials("illl", recorded)))
+    model = fit_with_loto(meta_dataset(api.trials("illl", recorded)))
     _, version = log_meta_model(model, mlflow_server, register="served")
     loaded, name, got = load_meta_model(f"served@{version}", mlflow_server)
     assert (name, got) == ("served", version)
@@ -98,7 +99,7 @@ def test_fit_and_predict_against_a_real_server(recorded: str, mlflow_server: str
 
 
 def _recorded_sources(uri: str) -> list[dict]:
-    from tunetl.meta.source_match import records_from_tags
+    from tunetl.features.source_match import records_from_tags
     from tunetl.tracking.query import run_tags
 
     parents = sorted(set(api.trials("illl", uri)["parent_run_id"]))

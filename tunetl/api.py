@@ -183,7 +183,7 @@ def _prune_backbones(p: Plan, bundles: list[Any]) -> dict[str, str]:
     """`searcher.prune_backbones: k`: keep the k backbones whose zero-shot score (mean over tasks of
     `feature.<prune_by>`, from each backbone's source weights) is highest; the space's backbone axis is cut
     to them and the scores become parent-run tags."""
-    from tunetl.meta.rank import rank_from_features
+    from tunetl.features.rank import rank_from_features
     from tunetl.search.space import Dist
 
     k = p.experiment.searcher.prune_backbones
@@ -222,7 +222,7 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     The source cache lives in the storage (`cache/sources`); for an object store it is built in a local
     mirror and uploaded, so that a driver on another machine finds it too.
     """
-    from tunetl.meta.features import task_features
+    from tunetl.features.task import task_features
     from tunetl.search.trainable import TaskBundle
     from tunetl.source import source_description, source_state_for
     from tunetl.trial import model_in_channels
@@ -251,7 +251,7 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
 def _source_tags(bundles: list[Any], storage: Any) -> dict[str, str]:
     """`tunetl.source.<i>` parent tags: which source (recipe, key, weights hash, storage) each task's
     features came from, so that `fit-regressor`/`predict` can insist on the same one."""
-    from tunetl.meta.source_match import source_tags
+    from tunetl.features.source_match import source_tags
     from tunetl.source import source_record
     from tunetl.trial import model_in_channels
 
@@ -716,9 +716,9 @@ def source_features(
     `--storage`, default ./tunetl_runs, the same cache `tunetl run` uses).
     """
     from tunetl.data import DatasetSpec
-    from tunetl.meta.features import task_features
+    from tunetl.features.source_match import resolve_source
+    from tunetl.features.task import task_features
     from tunetl.meta.predict import subset_features
-    from tunetl.meta.source_match import resolve_source
 
     try:
         spec = DatasetSpec.parse(dataset)
@@ -761,7 +761,7 @@ def rank_backbones(
     (experiment `experiment`, None = not recorded). `threads`: torch/BLAS threads (default: the idle
     cores). Returns the table and the MLflow run id."""
     from tunetl.data import DatasetSpec
-    from tunetl.meta.rank import rank_backbones as rank_all
+    from tunetl.features.rank import rank_backbones as rank_all
     from tunetl.models import backbone_stages
     from tunetl.models.weights import WeightsError
 
@@ -804,7 +804,8 @@ def fit_regressor(
 ) -> tuple[Any, str, int | None, pd.DataFrame]:
     """Meta-dataset from the experiments' trials -> fitted meta-model, logged (and registered) in MLflow.
     `features`: the inputs (default: every `feature.*` finite on all tasks and not constant)."""
-    from tunetl.meta.regressor import fit_meta_model, meta_dataset
+    from tunetl.meta.dataset import meta_dataset
+    from tunetl.meta.loto import fit_with_loto
     from tunetl.tracking.registry import log_meta_model
 
     uri = tracking_store(tracking_uri)
@@ -819,7 +820,7 @@ def fit_regressor(
             "run an IL/LL, graduated or frozen-depth search first (e.g. experiments/meta_digits.yaml)"
         )
     try:
-        model = fit_meta_model(meta, features=features, description=f"trained on {', '.join(experiments)}")
+        model = fit_with_loto(meta, features=features, description=f"trained on {', '.join(experiments)}")
     except ValueError as err:
         if features is None:
             raise
@@ -831,7 +832,7 @@ def fit_regressor(
 
 def _recorded_sources(frame: pd.DataFrame, uri: str) -> list[dict[str, Any]]:
     """The source records (`tunetl.source.<i>` tags) of the searches the trials came from."""
-    from tunetl.meta.source_match import records_from_tags
+    from tunetl.features.source_match import records_from_tags
     from tunetl.tracking.query import run_tags
 
     parents = sorted({str(p) for p in frame.get("parent_run_id", pd.Series(dtype=str)).dropna()})

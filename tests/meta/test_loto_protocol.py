@@ -13,18 +13,18 @@ import pandas as pd
 import pytest
 
 from tests.meta.test_regressor import _il_ll_trials
-from tunetl.meta import evaluate, regressor
+from tunetl.meta import evaluate, loto, regressor
+from tunetl.meta.dataset import meta_dataset
 from tunetl.meta.evaluate import held_out_tasks, quantity_errors
-from tunetl.meta.predict import format_recommendation, recommend
-from tunetl.meta.regressor import (
+from tunetl.meta.loto import (
     conformal_quantile,
-    feature_importance,
-    fit_meta_model,
+    fit_with_loto,
     held_out_training,
     leave_one_task_out,
-    meta_dataset,
     pair_of,
 )
+from tunetl.meta.predict import format_recommendation, recommend
+from tunetl.meta.regressor import feature_importance
 
 PAIRS = {"A": (0.1, 1e-2), "B": (0.9, 1e-4), "C": (0.9, 1e-4), "D": (0.9, 1e-4)}
 SIZES = (2, 50)
@@ -64,13 +64,13 @@ def test_leave_one_task_out_never_trains_on_the_held_out_pair(
     meta: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[set[str]] = []
-    real_fit = regressor.fit_meta_model
+    real_fit = loto.fit_meta_model
 
     def recording_fit(train: pd.DataFrame, **kwargs: Any) -> regressor.MetaModel:
         seen.append(set(train["task"]))
         return real_fit(train, **kwargs)
 
-    monkeypatch.setattr(regressor, "fit_meta_model", recording_fit)
+    monkeypatch.setattr(loto, "fit_meta_model", recording_fit)
     leave_one_task_out(meta, features=["feature.similarity"], kind="knn")
     held = list(dict.fromkeys(meta["task"]))
     assert len(seen) == len(held) == 8
@@ -131,7 +131,7 @@ def test_conformal_quantile() -> None:
 
 
 def test_prediction_has_intervals_agreement_and_importance(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta)
+    model = fit_with_loto(meta)
     point = {c: float(meta[c].iloc[0]) for c in model.features}
     rec = model.predict(point)
     assert rec.inner_lr is not None and rec.inner_lr > 0

@@ -11,15 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunetl.meta.dataset import meta_dataset, task_table
+from tunetl.meta.loto import fit_with_loto, leave_one_task_out
 from tunetl.meta.predict import format_recommendation, recommend, subset_features
-from tunetl.meta.regressor import (
-    MetaModel,
-    OutOfRange,
-    fit_meta_model,
-    leave_one_task_out,
-    meta_dataset,
-    task_table,
-)
+from tunetl.meta.regressor import MetaModel, OutOfRange, fit_meta_model
 
 IL_GRID = (0.0, 1e-4, 1e-3, 1e-2)
 LL_GRID = (0.01, 0.1)
@@ -169,7 +164,7 @@ def test_meta_dataset_ll_only_search_has_best_ll_but_no_alpha() -> None:
     meta = meta_dataset(pd.DataFrame(rows))
     assert meta["alpha"].isna().all()
     assert (meta["best_last_lr"] == 0.01).all()
-    model = fit_meta_model(meta, evaluate=False)
+    model = fit_meta_model(meta)
     assert model.targets == ["last_lr"]
     rec = model.predict(_features(5, 0.5))
     assert rec.last_lr == pytest.approx(0.01)
@@ -177,7 +172,7 @@ def test_meta_dataset_ll_only_search_has_best_ll_but_no_alpha() -> None:
 
 
 def test_hurdle_predicts_zero_where_trained_tasks_say_zero(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     assert model.features == [
         "feature.images_per_label",
         "feature.num_train",
@@ -195,7 +190,7 @@ def test_hurdle_predicts_zero_where_trained_tasks_say_zero(meta: pd.DataFrame) -
 
 @pytest.mark.parametrize("kind", ["forest", "ridge"])
 def test_other_kinds_learn_the_same_split(meta: pd.DataFrame, kind: str) -> None:
-    model = fit_meta_model(meta, kind=kind, evaluate=False)
+    model = fit_meta_model(meta, kind=kind)
     zero = model.predict(_features(2.5, 0.9))
     assert zero.inner_lr == 0.0
     # no range around IL = 0 (the ranges are the positive part's); the vote for zero is reported
@@ -221,10 +216,10 @@ def test_constant_targets_predict_the_constant() -> None:
             for i, ipl in enumerate((2.0, 5.0, 10.0))
         ]
     )
-    model = fit_meta_model(meta, evaluate=False)
+    model = fit_meta_model(meta)
     assert model.parts["alpha_log"] is None
-    assert model.parts["alpha_zero"]["constant"] == 1.0
-    assert model.parts["frozen_depth"]["constant"] == 1.0
+    assert model.parts["alpha_zero"].constant_ == 1.0
+    assert model.parts["frozen_depth"].constant_ == 1.0
     rec = model.predict(_features(7.0, 0.5))
     assert rec.inner_lr == 0.0 and rec.frozen_depth == 1
     assert rec.last_lr == 0.01 and any("most common LL 0.01" in n for n in rec.notes)
@@ -266,14 +261,14 @@ def test_leave_one_task_out_on_two_clusters(meta: pd.DataFrame) -> None:
 
 
 def test_fit_records_loto_and_description(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn")
+    model = fit_with_loto(meta, kind="knn")
     assert model.loto is not None and model.loto["alpha_n"] == 12
     assert "6 tasks" in model.description and "dube" in model.description
     assert model.n_tasks == 6
 
 
 def test_extrapolation_is_flagged(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     inside = model.predict(_features(20.0, 0.6))
     assert inside.extrapolation == []
     outside = model.predict({**_features(1000.0, 0.6), "feature.channels": 3.0})
@@ -287,7 +282,7 @@ def test_extrapolation_is_flagged(meta: pd.DataFrame) -> None:
 
 
 def test_nearest_tasks_in_order(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     near = model.predict(_features(50.0, 0.40)).nearest_tasks
     assert [t for t, _ in near] == [
         "big-a <- src @ 50 img/label",
@@ -299,7 +294,7 @@ def test_nearest_tasks_in_order(meta: pd.DataFrame) -> None:
 
 
 def test_missing_feature_names_it(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     features = _features(20.0, 0.6)
     del features["feature.similarity"]
     with pytest.raises(ValueError, match="feature.similarity"):
@@ -324,18 +319,18 @@ def test_nothing_to_learn_is_an_error() -> None:
 
 def test_unusable_feature_choice_is_an_error(meta: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="feature.logme"):
-        fit_meta_model(meta, features=["feature.logme"], evaluate=False)
+        fit_meta_model(meta, features=["feature.logme"])
 
 
 def test_predict_on_a_frame(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     table = model.predict(pd.DataFrame([_features(3.0, 0.87), _features(1000.0, 0.4)]))
     assert list(table["inner_lr"] > 0) == [False, True]
     assert list(table["extrapolated"]) == [False, True]
 
 
 def test_state_round_trip_keeps_the_table(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn", evaluate=False)
+    model = fit_with_loto(meta, kind="knn")
     clone = MetaModel.__new__(MetaModel)
     clone.__setstate__(model.__getstate__())
     pd.testing.assert_frame_equal(
@@ -345,7 +340,7 @@ def test_state_round_trip_keeps_the_table(meta: pd.DataFrame) -> None:
 
 
 def test_recommend_is_json_and_readable(meta: pd.DataFrame) -> None:
-    model = fit_meta_model(meta, kind="knn")
+    model = fit_with_loto(meta, kind="knn")
     result = recommend(
         model,
         {**_features(1000.0, 0.4), "feature.logme": math.nan, "feature.leep": None},

@@ -70,7 +70,7 @@ def test_report_twice_gives_the_same_files_and_tables(recorded: tuple[str, Path]
 def test_fit_regressor_twice_gives_two_versions_that_predict_alike(
     recorded: tuple[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
-    from tunetl.meta.regressor import meta_dataset
+    from tunetl.meta.dataset import meta_dataset
     from tunetl.tracking.registry import load_meta_model
 
     uri, _ = recorded

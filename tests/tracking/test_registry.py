@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tunetl.meta.regressor import MetaModel, fit_meta_model, meta_dataset
+from tunetl.meta.dataset import meta_dataset
+from tunetl.meta.loto import fit_with_loto
+from tunetl.meta.regressor import MetaModel, fit_meta_model
 from tunetl.tracking import SearchRecorder, TrackingError, load_trials
 from tunetl.tracking.registry import (
     TABLE_ARTIFACT,
@@ -56,7 +58,7 @@ def model() -> MetaModel:
         for i, (ipl, sim, a1, a2, best_ll, scale, depth) in enumerate(TASKS)
         for ll, alpha in ((0.01, a1), (0.1, a2))
     ]
-    return fit_meta_model(pd.DataFrame(rows))
+    return fit_with_loto(pd.DataFrame(rows))
 
 
 def _same_predictions(a: MetaModel, b: MetaModel) -> None:
@@ -193,7 +195,7 @@ def test_from_mlflow_records_to_a_loaded_recommendation(
     meta = meta_dataset(load_trials("il-ll", sqlite_uri))
     assert len(meta) == 8 and (meta.loc[meta["dataset"] == "d", "images_per_label"] == -1).all()
     _, version = log_meta_model(
-        fit_meta_model(meta, kind="knn"), sqlite_uri, "meta", register="il-ll-model"
+        fit_with_loto(meta, kind="knn"), sqlite_uri, "meta", register="il-ll-model"
     )
     loaded, _, loaded_version = load_meta_model("il-ll-model", sqlite_uri)
     assert loaded_version == version == 1
@@ -222,7 +224,7 @@ def test_sources_survive_the_round_trip(sqlite_uri: str, tmp_path: Path, monkeyp
              "best_last_lr": math.nan, "best_lr_scale": math.nan, "best_frozen_depth": math.nan,
              "experiments": "g", "feature.images_per_label": 3.0, "feature.similarity": s}
             for i, (a, s) in enumerate([(0.0, 0.9), (0.01, 0.5), (0.1, 0.2)])]
-    fitted = fit_meta_model(pd.DataFrame(rows), evaluate=False)
+    fitted = fit_meta_model(pd.DataFrame(rows))
     record = {"source": "digits[0,1]", "backbone": "smallcnn", "sha256": "ab" * 32, "key": "0123456789abcdef",
               "recipe": {"backbone": "smallcnn", "in_channels": 1, "epochs": 2, "seed": 0,
                          "training": {"batch_size": 16, "augment": False, "image_size": None, "base_lr": 0.01}},

@@ -17,15 +17,9 @@ import numpy as np
 import pandas as pd
 
 from tunetl.meta.analysis import DEFAULT_METRIC, finished_trials
-from tunetl.meta.regressor import (
-    LL_INPUT,
-    MetaModel,
-    describe_task,
-    fit_meta_model,
-    held_out_training,
-    meta_dataset,
-    task_table,
-)
+from tunetl.meta.dataset import LL_INPUT, describe_task, meta_dataset, task_table
+from tunetl.meta.loto import held_out_training
+from tunetl.meta.regressor import MetaModel, fit_meta_model
 from tunetl.params import param_distance
 
 CONFIG_KEYS = ("inner_lr", "last_lr", "lr_scale", "frozen_depth")
@@ -83,7 +77,7 @@ def held_out_tasks(
         fixed = dict(zip(keys, best if len(keys) > 1 else [best], strict=True))
         test_meta = meta[meta["task"] == task]
         feats = test_meta[[c for c in meta.columns if c.startswith("feature.")]].iloc[0].to_dict()
-        model = fit_meta_model(train_meta, features=features, evaluate=False, kind=kind)
+        model = fit_meta_model(train_meta, features=features, kind=kind)
         out.append(HeldOut(task, own, fixed, model, feats, train_meta, test_meta))
     return out, keys
 
@@ -158,7 +152,7 @@ def quantity_errors(
         cases.setdefault(name, []).append((model, const, fixed))
 
     for h in held:
-        values = h.model._inputs(h.features)
+        values = h.model.inputs_of(h.features)
         alpha_rows = h.test_meta[np.isfinite(pd.to_numeric(h.test_meta["alpha"], errors="coerce"))]
         train_alpha = pd.to_numeric(h.train_meta["alpha"], errors="coerce").dropna()
         if len(alpha_rows) and len(train_alpha) and "inner_lr" in keys:
@@ -169,14 +163,14 @@ def quantity_errors(
             fixed_il = float(h.fixed["inner_lr"])
             for row in alpha_rows.itertuples(index=False):
                 truth = float(row.alpha)
-                pred = h.model._alpha(values, float(row.last_lr))
+                pred = h.model.alpha_at(values, float(row.last_lr))
                 if pred is None:
                     continue
                 t = _log(truth, floor)
                 add("alpha", abs(_log(pred, floor) - t), abs(const_log - t), abs(_log(fixed_il, floor) - t))
                 add("alpha = 0", float((pred == 0) == (truth == 0)), float(const_zero == (truth == 0)),
                     float((fixed_il == 0) == (truth == 0)))
-                log_part = h.model._part_value("alpha_log", {**values, LL_INPUT: math.log10(float(row.last_lr))})
+                log_part = h.model.part_value("alpha_log", {**values, LL_INPUT: math.log10(float(row.last_lr))})
                 if truth > 0 and log_part is not None:
                     add("alpha > 0", abs(log_part - t), abs(const_pos - t), abs(_log(fixed_il, floor) - t))
         for name, col, key, rec_key in (

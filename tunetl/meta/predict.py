@@ -1,6 +1,6 @@
 """A meta-model's recommendation for a new dataset, as JSON-ready data and as terminal text.
 
-`tunetl.meta.features.task_features` describes the whole dataset; the trials the model learned from
+`tunetl.features.task.task_features` describes the whole dataset; the trials the model learned from
 recorded the counts of their own images-per-label subset (`feature.images_per_label`,
 `feature.num_train`). `subset_features` derives those two for the subset the user will train on.
 """

@@ -38,7 +38,7 @@ DEFAULT_MODEL_NAME = "tunetl-meta-model"
 MODEL_NAME_IN_RUN = "meta_model"
 TABLE_ARTIFACT = "meta_dataset.csv"
 #: Non-default types skops may rebuild from a meta-model file (sklearn/numpy basics are built in).
-TRUSTED_TYPES = ["tunetl.meta.regressor.MetaModel", "sklearn.tree._tree.Tree"]
+TRUSTED_TYPES = ["tunetl.meta.regressor.MetaModel", "tunetl.meta.parts.Part", "sklearn.tree._tree.Tree"]
 KIND_TAG = "tunetl.kind"
 _SKOPS_FILE = "model.skops"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")

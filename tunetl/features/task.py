@@ -23,7 +23,7 @@ from torch import nn
 
 from tunetl.config import ExperimentConfig
 from tunetl.data import Preprocess, TaskData, images_per_label_indices, load_dataset
-from tunetl.meta.transferability import feature_similarity, label_features, leep, logme
+from tunetl.features.transferability import feature_similarity, label_features, leep, logme
 from tunetl.models import StagedModel, build
 from tunetl.source import head_classes
 

@@ -27,8 +27,8 @@ import torch
 
 from tunetl.config import SourceSpec
 from tunetl.data import Preprocess, TaskData
-from tunetl.meta.features import sample_per_label
-from tunetl.meta.transferability import h_score, leep, logme, nce
+from tunetl.features.task import sample_per_label
+from tunetl.features.transferability import h_score, leep, logme, nce
 from tunetl.models import build
 from tunetl.models.inference import for_inference
 from tunetl.models.torchvision_nets import TORCHVISION_BACKBONES

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from tunetl.meta.transferability import (
+from tunetl.features.transferability import (
     feature_similarity,
     label_features,
     leep,

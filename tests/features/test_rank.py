@@ -12,7 +12,7 @@ import torch
 
 from tunetl import api
 from tunetl.cli import main
-from tunetl.meta.transferability import h_score, nce
+from tunetl.features.transferability import h_score, nce
 
 
 def test_nce_and_hscore_prefer_informative_sources() -> None:
@@ -94,7 +94,7 @@ def test_prune_backbones_without_scores_is_refused(tmp_path: Path) -> None:
 def test_hscore_equals_the_direct_ledoit_wolf_formula(n: int, d: int) -> None:
     from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
 
-    from tunetl.meta.transferability import ledoit_wolf_shrinkage as shrinkage
+    from tunetl.features.transferability import ledoit_wolf_shrinkage as shrinkage
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, n)
