@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,18 @@ _LOTO_COUNTS = {
     "lr_scale_log10_mae": "lr_scale_n",
     "frozen_depth_accuracy": "frozen_depth_n",
 }
+
+
+@dataclass
+class _Tally:
+    """Per error key: the held-out cases' errors and the constant baseline's on the same cases."""
+
+    errors: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in _LOTO_COUNTS})
+    baselines: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in _LOTO_COUNTS})
+
+    def add(self, key: str, error: float, baseline: float) -> None:
+        self.errors[key].append(error)
+        self.baselines[key].append(baseline)
 
 
 def _mean(values: list[float]) -> float:
@@ -116,8 +129,7 @@ def leave_one_task_out(
     """
     check_meta(meta_df)
     chosen = list(features) if features is not None else default_features(meta_df)
-    errors: dict[str, list[float]] = {k: [] for k in _LOTO_COUNTS}
-    baselines: dict[str, list[float]] = {k: [] for k in _LOTO_COUNTS}
+    tally = _Tally()
     names = list(dict.fromkeys(meta_df["task"]))
     for task in names:
         train = held_out_training(meta_df, task, hold_out)
@@ -128,25 +140,19 @@ def leave_one_task_out(
             model = fit_meta_model(train, features=chosen, kind=kind)
         except ValueError:
             continue
-        _score_alpha(model, train, test, errors, baselines)
-        _score_task(model, train, test, errors, baselines)
+        _score_alpha(model, train, test, tally)
+        _score_task(model, train, test, tally)
     out: dict[str, float] = {"n_tasks": float(len(names))}
-    for key, values in errors.items():
+    for key, values in tally.errors.items():
         out[key] = _mean(values)
-        out[f"{key}_baseline"] = _mean(baselines[key])
+        out[f"{key}_baseline"] = _mean(tally.baselines[key])
         out[_LOTO_COUNTS[key]] = float(len(values))
         if key.endswith("_mae"):
             out[f"{key}_q80"] = conformal_quantile(values) if values else math.nan
     return out
 
 
-def _score_alpha(
-    model: MetaModel,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    errors: dict[str, list[float]],
-    baselines: dict[str, list[float]],
-) -> None:
+def _score_alpha(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame, tally: _Tally) -> None:
     """alpha cases of the held-out task, each at its own LL."""
     _, zero_train = part_rows(train, "alpha_zero")
     _, log_train = part_rows(train, "alpha_log")
@@ -157,24 +163,15 @@ def _score_alpha(
     majority = constant_answer(zero_train, classify=True)
     for (_, row), is_zero in zip(rows.iterrows(), zero_true, strict=True):
         point = {**values, LL_INPUT: math.log10(float(row["last_lr"]))}
-        errors["alpha_zero_accuracy"].append(
-            float(bool(model.part_value("alpha_zero", point)) == is_zero)
-        )
-        baselines["alpha_zero_accuracy"].append(float(bool(majority) == is_zero))
+        tally.add("alpha_zero_accuracy", float(bool(model.part_value("alpha_zero", point)) == is_zero),
+                  float(bool(majority) == is_zero))
         log_pred = model.part_value("alpha_log", point)
         if not is_zero and log_pred is not None and len(log_train):
             truth = math.log10(float(row["alpha"]))
-            errors["alpha_log10_mae"].append(abs(log_pred - truth))
-            baselines["alpha_log10_mae"].append(abs(float(log_train.mean()) - truth))
+            tally.add("alpha_log10_mae", abs(log_pred - truth), abs(float(log_train.mean()) - truth))
 
 
-def _score_task(
-    model: MetaModel,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    errors: dict[str, list[float]],
-    baselines: dict[str, list[float]],
-) -> None:
+def _score_task(model: MetaModel, train: pd.DataFrame, test: pd.DataFrame, tally: _Tally) -> None:
     """Task-level targets of the held-out task."""
     values = model.inputs_of(task_table(test).iloc[0].to_dict())
     for part, key in (
@@ -189,8 +186,7 @@ def _score_task(
             continue
         truth = float(y_test[0])
         if key.endswith("accuracy"):
-            errors[key].append(float(round(pred) == round(truth)))
-            baselines[key].append(float(constant_answer(y_train, classify=True) == truth))
+            tally.add(key, float(round(pred) == round(truth)),
+                      float(constant_answer(y_train, classify=True) == truth))
         else:
-            errors[key].append(abs(pred - truth))
-            baselines[key].append(abs(float(y_train.mean()) - truth))
+            tally.add(key, abs(pred - truth), abs(float(y_train.mean()) - truth))
