@@ -19,7 +19,7 @@ from typing import Any
 from ray import tune
 
 from tunetl.config import ExperimentConfig
-from tunetl.records import DIVERGED_KEY, DIVERGED_TAG, RUN_ID_KEY
+from tunetl.records import DIVERGED_KEY, RUN_ID_KEY
 from tunetl.search.budget import keep_checkpoints, num_groups
 from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
 from tunetl.search.preflight import SearchError
@@ -54,8 +54,8 @@ class SearchOutcome:
         return self.num_incomplete > 0 or self.signal is not None
 
 
-class MlflowFinalizer(tune.Callback):
-    """Closes child runs the trial itself could not close: stopped by ASHA, or failed.
+class RunCloser(tune.Callback):
+    """Closes the runs of trials that could not close their own: stopped by ASHA, or failed.
 
     Tune keeps callbacks in its experiment state, so this is a module-level class holding only the
     picklable recorder.
@@ -74,10 +74,8 @@ class MlflowFinalizer(tune.Callback):
         if not run_id:
             return
         stopped = int(res.get("epoch", 0)) < self.epochs and not res.get(DIVERGED_KEY, False)
-        tags = {DIVERGED_TAG: "true"} if res.get(DIVERGED_KEY) else None
-        self.recorder.finish(
-            run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"), stopped_early=stopped, tags=tags
-        )
+        self.recorder.finish(run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"),
+                             stopped_early=stopped, diverged=bool(res.get(DIVERGED_KEY, False)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
@@ -86,6 +84,10 @@ class MlflowFinalizer(tune.Callback):
             # The trial's own traceback tag wins (finish keeps a known error); a killed worker has none.
             self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False,
                                  error=trial_error_text(trial))
+
+
+#: The name searches saved before the rename pickled in Tune's experiment state; their resume unpickles it.
+MlflowFinalizer = RunCloser
 
 
 def trial_dirname(trial: Any) -> str:
@@ -178,7 +180,7 @@ def build_tuner(
     limits = experiment.run
     callbacks: list[Any] = [TrialLedger(storage, run_name), *result_loggers()]
     if recorder is not None:
-        callbacks.append(MlflowFinalizer(recorder, epochs))
+        callbacks.append(RunCloser(recorder, epochs))
     # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(

@@ -25,7 +25,6 @@ from tunetl.data import TaskData
 from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
 from tunetl.records import (
     DIVERGED_KEY,
-    DIVERGED_TAG,
     ERROR_TAG,
     HOST_TAG,
     MAX_TAG_CHARS,
@@ -84,7 +83,7 @@ class TrialRecorder(Protocol):
         best_val_acc: float | None,
         stopped_early: bool = False,
         error: str | None = None,
-        tags: dict[str, str] | None = None,
+        diverged: bool = False,
     ) -> None: ...
 
 
@@ -200,12 +199,11 @@ def run_trial(
             maybe_fail(trial_id, label, m.epoch)
             if diverged:
                 break
-        # The driver's MlflowFinalizer closes this run too (it must: ASHA-stopped trials never get
+        # The driver's RunCloser closes this run too (it must: ASHA-stopped trials never get
         # here). Closing it here as well keeps runs of resumed searches closed, where Tune may not
         # carry the callback over; finishing twice is idempotent.
         if recorder is not None and run_id is not None:
-            tags = {DIVERGED_TAG: "true"} if diverged else None
-            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), stopped_early=False, tags=tags)
+            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), diverged=diverged)
     except Exception:
         if recorder is not None and run_id is not None:
             recorder.set_tags(run_id, {ERROR_TAG: traceback.format_exc()[-MAX_TAG_CHARS:]})

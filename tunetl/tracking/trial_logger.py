@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunetl.records import (
     BEST_METRIC,
+    DIVERGED_TAG,
     EPOCHS_RUN,
     ERROR_TAG,
     MAX_TAG_CHARS,
@@ -307,9 +308,9 @@ class TrialLogger:
         best_val_acc: float | None,
         stopped_early: bool = False,
         error: str | None = None,
-        tags: dict[str, str] | None = None,
+        diverged: bool = False,
     ) -> None:
-        """Record the outcome (best_val_acc, stopped-early flag, error text) and end the run.
+        """Record the outcome (best_val_acc, stopped-early and diverged flags, error text) and end the run.
 
         Sends what the process still holds for the store first, waiting up to `wait_s` from the start
         of an outage; never raises for the store (what stays unsent is said on stderr).
@@ -324,8 +325,9 @@ class TrialLogger:
             if not self.flush(self.wait_s):
                 warn(f"records of run {run_id} are kept to re-send (`tunetl sync` also restores them)")
             return
-        run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        run_tags[STOPPED_EARLY_TAG] = "true" if stopped_early else "false"
+        run_tags = {STOPPED_EARLY_TAG: "true" if stopped_early else "false"}
+        if diverged:
+            run_tags[DIVERGED_TAG] = "true"
         if status == "FAILED":
             # The trial's own traceback (its tag) wins; `error` is what the driver knows (a killed worker).
             known = pending.tags.get(ERROR_TAG) or self._known_error(run_id) or error
