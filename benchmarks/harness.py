@@ -16,6 +16,10 @@ Writes `<out>/harness.json` (machine, raw numbers, medians, ratios, targets) and
 A run with `--only` replaces just those sections in an existing results file, so e.g. the gpu section
 can be added from a GPU machine; each section records the machine it ran on. Timings are medians over
 `--repeats`; targets are reported (met or missed, and why), never asserted.
+
+This file measures: each `measure_<section>` returns numbers and measurement facts only.
+`harness_report.py` writes: its `describe_<section>` adds the tables, notes and targets, and its `render`
+the Markdown (`python benchmarks/harness_report.py benchmarks/results/harness.json` re-renders it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness_report
 import numpy as np
+from harness_report import FACTS, SECTIONS, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
-SECTIONS = ("plain", "overhead", "cache", "asha", "nodes", "gpu", "vs_tune", "anytime", "scale")
 #: What a plain `harness.py` runs: `vs_tune` (4 searches a repeat), `anytime` (19 searches) and `scale` (a
 #: 10,000-run store) only when named with --only.
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("vs_tune", "anytime", "scale"))
@@ -96,14 +101,6 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def target(
-    name: str, goal: str, value: float | None, met: bool | None, shown: str, reason: str = ""
-) -> dict[str, Any]:
-    """One row of the targets table; `reason` is kept only for missed (or unmeasured) targets."""
-    return {"name": name, "goal": goal, "value": value, "shown": shown, "met": met,
-            "reason": "" if met else reason}
-
-
 @contextlib.contextmanager
 def quiet(ctx: Ctx) -> Iterator[None]:
     """Send fd 1/2 (Tune's tables, Ray and MLflow logs, child processes) to the harness log."""
@@ -157,12 +154,6 @@ def machine() -> dict[str, Any]:
         "mlflow": mlflow.__version__,
         "numpy": np.__version__,
     }
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    gpu = f", GPU {', '.join(m['gpu'])} (CUDA {m['cuda']})" if m.get("gpu") else ", no GPU"
-    return (f"{m['cpu']}, {m['usable_cores']}/{m['cores']} cores, {m['ram_gb']} GB RAM{gpu}; "
-            f"Python {m['python']}, torch {m['torch']}, ray {m['ray']}, mlflow {m['mlflow']}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,16 +313,38 @@ class PlainLoop:
         return float(val_hits) / len(self.y_val)
 
 
-def section_plain(ctx: Ctx) -> dict[str, Any]:
+def measure_plain(ctx: Ctx) -> dict[str, Any]:
+    """Epoch times of a TrialRunner and a plain loop, interleaved, and of a trial inside Ray Tune."""
     from tunetl.config import load_experiment
     from tunetl.data import load_dataset
-    from tunetl.params import TrialParams
-    from tunetl.trial import TrialRunner
 
     epochs = 3 if ctx.quick else 12
     over = ["seeds=[0]", "scheduler.type=none", cache_override("off")]
     exp = load_experiment(QUICKSTART, overrides=over)
     task = load_dataset(exp.dataset)
+    runner, ours, plain, ratios = time_runner_vs_plain(ctx, exp, task, epochs)
+    out: dict[str, Any] = {
+        "setup": {"dataset": task.name, "train_images": int(runner.num_train), "val_images": len(task.val),
+                  "backbone": "smallcnn", "batch_size": exp.training.batch_size, "optimizer": "sgd",
+                  "epochs_per_repeat": epochs, "torch_threads": ctx.threads},
+        "plain_epoch_s": spread(plain),
+        "trialrunner_epoch_s": spread(ours),
+        "ratio_trialrunner_vs_plain": spread(ratios),
+    }
+    ctx.say(f"plain: TrialRunner {np.median(ours) * 1e3:.1f} ms vs plain {float(np.median(plain)) * 1e3:.1f} ms "
+            "per epoch")
+    out["tune_trial"] = time_tune_trial(ctx, runner, over, epochs, float(np.median(ratios)))
+    return out
+
+
+def time_runner_vs_plain(
+    ctx: Ctx, exp: Any, task: Any, epochs: int
+) -> tuple[Any, list[float], list[float], list[float]]:
+    """Per repeat, the median epoch of a TrialRunner and of a plain loop run in turns (ABBA), and their ratio;
+    also returns the last runner, whose data the Tune part's plain loops reuse."""
+    from tunetl.params import TrialParams
+    from tunetl.trial import TrialRunner
+
     params = TrialParams(transfer_depth=0, frozen_depth=0, images_per_label="all")
     ours, plain, ratios = [], [], []
     for r in range(ctx.repeats):
@@ -349,17 +362,12 @@ def section_plain(ctx: Ctx) -> dict[str, Any]:
         ours.append(float(np.median(a)))
         plain.append(float(np.median(b)))
         ratios.append(ours[-1] / plain[-1])
-    plain_med = float(np.median(plain))
-    out: dict[str, Any] = {
-        "setup": {"dataset": task.name, "train_images": int(runner.num_train), "val_images": len(task.val),
-                  "backbone": "smallcnn", "batch_size": exp.training.batch_size, "optimizer": "sgd",
-                  "epochs_per_repeat": epochs, "torch_threads": ctx.threads},
-        "plain_epoch_s": spread(plain),
-        "trialrunner_epoch_s": spread(ours),
-        "ratio_trialrunner_vs_plain": spread(ratios),
-    }
-    ctx.say(f"plain: TrialRunner {np.median(ours) * 1e3:.1f} ms vs plain {plain_med * 1e3:.1f} ms per epoch")
+    return runner, ours, plain, ratios
 
+
+def time_tune_trial(ctx: Ctx, runner: Any, over: list[str], epochs: int, ratio: float) -> dict[str, Any]:
+    """One 1-trial search per repeat, bracketed by plain-loop epochs: Tune's time between reports, the
+    trial's own epoch_seconds, and the composed estimate (`ratio` = TrialRunner vs plain)."""
     tune_epochs = 3 if ctx.quick else 12
     space = "search_space={transfer_depth: 0, frozen_depth: 0, images_per_label: all}"
     tune_over = [*over, f"training.epochs={tune_epochs}", space]
@@ -379,51 +387,17 @@ def section_plain(ctx: Ctx) -> dict[str, Any]:
             report_share.append(float(np.median([row["time_this_iter_s"] / row["epoch_seconds"] for row in rows])))
     finally:
         stop_ray()
-    ratio = float(np.median(ratios))
     # Noise-robust estimate: TrialRunner vs plain (interleaved) x Tune's per-epoch time vs the runner's own
     # epoch inside the same trial (both measured around the same epochs).
-    composed = ratio * float(np.median(report_share))
-    raw_ratio = float(np.median([i / b for i, b in zip(iter_s, bracket, strict=True)]))
-    out["tune_trial"] = {
+    return {
         "epochs": tune_epochs,
         "time_this_iter_s": spread(iter_s),
         "epoch_seconds": spread(epoch_s),
         "iter_vs_epoch_seconds": spread(report_share),
         "plain_bracket_s": spread(bracket),
-        "ratio_iter_vs_plain_bracket": raw_ratio,
-        "ratio_composed": composed,
+        "ratio_iter_vs_plain_bracket": float(np.median([i / b for i, b in zip(iter_s, bracket, strict=True)])),
+        "ratio_composed": ratio * float(np.median(report_share)),
     }
-    per_epoch_log_ms = 1e3 * (float(np.median(iter_s)) - float(np.median(epoch_s)))
-    out["rows"] = [
-        {"loop": "plain PyTorch loop (harness)", "epoch ms": 1e3 * plain_med, "vs plain": 1.0},
-        {"loop": "tunetl TrialRunner (interleaved with the plain loop)", "epoch ms": 1e3 * float(np.median(ours)),
-         "vs plain": ratio},
-        {"loop": "tunetl trial in Ray Tune: epoch_seconds", "epoch ms": 1e3 * float(np.median(epoch_s)),
-         "vs plain": float(np.median(epoch_s)) / float(np.median(bracket))},
-        {"loop": "tunetl trial in Ray Tune: time between reports", "epoch ms": 1e3 * float(np.median(iter_s)),
-         "vs plain": raw_ratio},
-        {"loop": "tunetl trial in Ray Tune: composed estimate", "epoch ms": None, "vs plain": composed},
-    ]
-    out["note"] = (
-        f"Per epoch: {out['setup']['train_images']} training images (batch {exp.training.batch_size}, SGD) and a "
-        f"pass over {out['setup']['val_images']} validation images, smallcnn on digits 5-9, torch threads "
-        f"{ctx.threads}. TrialRunner and the plain loop alternate epoch by epoch (ABBA) in this process. The Tune "
-        "trial (resources.cpu=1) runs one search per repeat; 'time between reports' is Tune's time_this_iter_s "
-        "(the epoch plus MLflow logging and tune.report), compared with plain-loop epochs timed just before and "
-        "after that search ('vs plain' of the Tune rows). Epoch 1 (trial start-up) is left out. The composed "
-        "estimate = (TrialRunner vs plain) x (time between reports / epoch_seconds inside the trial): both factors "
-        "are measured side by side, so it is less exposed to load from other processes than the bracketed ratio."
-    )
-    out["targets"] = [
-        target("plain.trialrunner", "TrialRunner epoch <= 1.05 x plain loop", ratio, ratio <= 1.05,
-               f"{ratio:.3f} x", f"TrialRunner's epoch is {100 * (ratio - 1):.0f}% slower than the plain loop "
-               f"on {plain_med * 1e3:.0f} ms epochs"),
-        target("plain.tune_trial", "Tune trial epoch (incl. report + MLflow log) <= 1.05 x plain loop (composed)",
-               composed, composed <= 1.05, f"{composed:.3f} x (bracketed: {raw_ratio:.2f} x)",
-               f"each epoch also pays ~{per_epoch_log_ms:.0f} ms for MLflow logging (SQLite) and tune.report, "
-               f"large next to a {plain_med * 1e3:.0f} ms digits epoch"),
-    ]
-    return out
 
 
 def plain_epochs(loop: PlainLoop, n: int) -> list[float]:
@@ -457,7 +431,9 @@ def overhead_sizes(quick: bool) -> tuple[tuple[str, list[str]], list[tuple[str, 
              for e in (3, 12, 48)])
 
 
-def section_overhead(ctx: Ctx) -> dict[str, Any]:
+def measure_overhead(ctx: Ctx) -> dict[str, Any]:
+    """Wall time of each search vs its trials' summed epoch_seconds; `sizes` and `runs` list the quickstart
+    search first, then the growing ones."""
     source_s = pretrain_source(ctx)
     ray_s = start_ray(num_cpus=1)
     quickstart, growing = overhead_sizes(ctx.quick)
@@ -481,44 +457,17 @@ def section_overhead(ctx: Ctx) -> dict[str, Any]:
                 ctx.say(f"overhead: {label}: wall {wall:.1f} s, training {train:.1f} s")
     finally:
         stop_ray()
-    rows, summaries = [], {}
+    summaries = {}
     for label, _ in sizes:
         runs = raw[label]
         s = {k: spread([run[k] for run in runs]) for k in ("wall_s", "train_s", "overhead", "per_trial_overhead_s")}
         s["trials"], s["epochs"] = runs[0]["trials"], runs[0]["epochs"]
         summaries[label] = s
-        rows.append({"search": label, "trials": s["trials"], "epochs run": s["epochs"],
-                     "wall s": s["wall_s"]["median"], "training s": s["train_s"]["median"],
-                     "overhead": f"{100 * s['overhead']['median']:.0f}%",
-                     "per trial s": s["per_trial_overhead_s"]["median"]})
-    quick_label = quickstart[0]
-    qs = summaries[quick_label]["overhead"]["median"]
-    overheads = [summaries[label]["overhead"]["median"] for label, _ in growing]
-    falling = all(b <= a for a, b in zip(overheads, overheads[1:], strict=False))
-    per_trial = summaries[quick_label]["per_trial_overhead_s"]["median"]
-    train_per_trial = summaries[quick_label]["train_s"]["median"] / summaries[quick_label]["trials"]
     return {
         "setup": {"ray_cpus": 1, "concurrent_trials": 1, "ray_start_s": ray_s, "source_train_s": source_s,
-                  "first_search_s": first_s,
-                  "note": "Ray runs one trial at a time (num_cpus=1) so wall time and summed training time "
-                          "compare directly. Wall = the tunetl.api.run call with Ray already started and the "
-                          "source model already cached, after one untimed 1-trial search (creates the MLflow "
-                          "tables, warms workers). Training = sum of every epoch's epoch_seconds from Tune's "
-                          "results; per trial s = (wall - training) / trials."},
+                  "first_search_s": first_s},
         "sizes": summaries,
         "runs": raw,
-        "rows": rows,
-        "targets": [
-            target("overhead.quickstart", "quickstart search wall time < 1.25 x its training time", qs, qs < 0.25,
-                   f"+{100 * qs:.0f}%",
-                   f"digits trials train for only ~{train_per_trial:.1f} s each, while each trial costs "
-                   f"~{per_trial:.1f} s beyond training (Tune scheduling, trial start, MLflow run and params, "
-                   "per-epoch logging, checkpoint)"),
-            target("overhead.falling", "overhead falls as trials grow (the same 5 trials, more epochs each)",
-                   None, falling,
-                   " -> ".join(f"{100 * o:.0f}%" for o in overheads),
-                   "overhead did not fall monotonically over the sizes (noisy machine?)"),
-        ],
     }
 
 
@@ -637,48 +586,13 @@ def measure_cache_case(ctx: Ctx, case: CacheCase) -> list[dict[str, Any]]:
     return rows
 
 
-def section_cache(ctx: Ctx) -> dict[str, Any]:
+def measure_cache(ctx: Ctx) -> dict[str, Any]:
+    """Every case's rows of timings per frozen depth (see measure_cache_case)."""
     results = []
     for case in cache_cases(ctx.quick):
         results += measure_cache_case(ctx, case)
-    table = []
-    for row in results:
-        med = {k: v["median"] for k, v in row["stats"].items()}
-        table.append({
-            "backbone": f"{row['backbone']} @{row['image_size']}px", "frozen": row["frozen_depth"],
-            "off epoch ms": 1e3 * med["off_epoch"], "trial epoch ms": 1e3 * med["trial_epoch"],
-            "node epoch ms": 1e3 * med["node_epoch"], "off setup s": med["off_setup"],
-            "trial setup s": med["trial_setup"], "node build s": med["node_build"], "node hit s": med["node_hit"],
-            "epoch x": row["epoch_speedup"], "trial x: trial": row["trial_speedup_trial_cache"],
-            "trial x: node 1st": row["trial_speedup_node_first"], "trial x: node hit": row["trial_speedup_node_hit"],
-            f"trial x: node, {SHARED_TRIALS} share": row["trial_speedup_node_shared"],
-        })
-    deep = [r for r in results if r["backbone"] != "smallcnn"]
-    targets = []
-    if deep:
-        d = max(deep, key=lambda r: r["frozen_depth"])
-        sp = d["trial_speedup_node_shared"]
-        build_s = d["stats"]["node_build"]["median"]
-        targets.append(target(
-            "cache.deepest",
-            f"{d['backbone']} trial at the deepest frozen depth ({d['frozen_depth']}) >= 5x faster with the node "
-            f"cache than without ({SHARED_TRIALS} trials sharing one entry, the first of them building it)",
-            sp, sp >= 5,
-            f"{sp:.1f} x (first trial on a node {d['trial_speedup_node_first']:.1f} x, later ones "
-            f"{d['trial_speedup_node_hit']:.0f} x; per-trial cache {d['trial_speedup_trial_cache']:.0f} x)",
-            f"the first trial on a node computes the prefix for the whole split ({d['split_images']} training + "
-            f"{d['val_images']} validation images, {build_s:.1f} s) so that every subset and seed can share it, "
-            f"while each trial trains on only {d['train_images']} images"))
-    note = ("Columns: per-epoch time in each `training.feature_cache` mode; set-up = TrialRunner construction "
-            "(preprocessing, and the prefix pass where cached); node build = the first trial on a fresh node cache "
-            "(computes and writes the entry), node hit = a second trial that reads it; trial x = (set-up + "
-            "trial_epochs x epoch) without the cache / with it; 'node, N share' spreads one build over N "
-            "trials. Epoch times are medians over repeats of each repeat's median epoch. Source weights are "
-            "random-init (timing depends on shapes only); resnet18 runs on digits upsampled to the given size, "
-            "3 channels. Without the cache every epoch runs the frozen prefix on the training and validation "
-            "images; preprocessing is done once in every mode.")
     return {"modes": list(CACHE_MODES), "cases": [c.__dict__ for c in cache_cases(ctx.quick)],
-            "results": results, "rows": table, "note": note, "targets": targets}
+            "results": results, FACTS: {"shared_trials": SHARED_TRIALS}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -698,8 +612,11 @@ def asha_variants(quick: bool) -> list[tuple[str, list[str]]]:
     return variants
 
 
-def section_asha(ctx: Ctx) -> dict[str, Any]:
+def measure_asha(ctx: Ctx) -> dict[str, Any]:
+    """Each variant's epochs, trials and best configuration per images-per-label group, with its epochs and
+    accuracy gaps relative to the grid's; `runs` lists the grid first, then the ASHA variant the target is on."""
     from tunetl import api
+    from tunetl.config import load_experiment
 
     pretrain_source(ctx)
     start_ray(num_cpus=2)
@@ -717,48 +634,15 @@ def section_asha(ctx: Ctx) -> dict[str, Any]:
             ctx.say(f"asha: {label}: {runs[label]['epochs']} epochs, best {per_group}")
     finally:
         stop_ray()
-    labels = [label for label, _ in asha_variants(ctx.quick)]
-    grid = runs[labels[0]]
-    rows, targets = [], []
-    for label in labels:
-        run = runs[label]
-        gaps = {g: grid["best"][g]["accuracy"] - run["best"].get(g, {"accuracy": float("nan")})["accuracy"]
-                for g in grid["best"]}
+    grid = next(iter(runs.values()))
+    for run in runs.values():
         run["epoch_ratio"] = run["epochs"] / grid["epochs"]
-        run["gap_points"] = gaps
-        row = {"search": label, "trials": run["trials"], "stopped early": run["stopped"], "epochs": run["epochs"],
-               "epochs vs grid": f"{100 * run['epoch_ratio']:.0f}%", "wall s": run["wall_s"]}
-        for g, best in run["best"].items():
-            row[f"best @{g}/label"] = f"{best['accuracy']:.1f} ({best['condition']})"
-        rows.append(row)
-    shipped = runs[labels[1]]
-    worst_gap = max(shipped["gap_points"].values())
-    ok_acc, ok_epochs = worst_gap <= 1.0, shipped["epoch_ratio"] <= 0.40
-    reasons = []
-    if not ok_epochs:
-        from tunetl.config import load_experiment
-
-        exp = load_experiment(QUICKSTART, overrides=[*ctx.base, *asha_variants(ctx.quick)[1][1]])
-        sched, epochs = exp.scheduler, exp.training.epochs
-        floor = min(sched.grace_period, epochs) / epochs
-        reasons.append(f"the scheduler (grace_period {sched.grace_period} of {epochs} epochs, reduction "
-                       f"{sched.reduction_factor:g}) runs every trial for at least {100 * floor:.0f}% of its epochs, "
-                       f"so ASHA cannot spend much less ({100 * shipped['epoch_ratio']:.0f}% here); the quickstart's "
-                       "former grace period was long because at 5 images per label an epoch is one SGD step")
-    if not ok_acc:
-        reasons.append(f"ASHA's best is {worst_gap:.1f} points below the grid's in one images-per-label group")
-    for label in labels[2:]:
-        other = runs[label]
-        reasons.append(f"{label} spends {100 * other['epoch_ratio']:.0f}% of the epochs but its best is up to "
-                       f"{max(other['gap_points'].values()):.1f} points below the grid's")
-    targets.append(target("asha.shipped", "ASHA best within 1 point of the grid for <= 40% of its epochs",
-                          shipped["epoch_ratio"], ok_acc and ok_epochs,
-                          f"{100 * shipped['epoch_ratio']:.0f}% of epochs, worst gap {worst_gap:.1f} pt",
-                          "; ".join(reasons)))
-    return {"setup": {"ray_cpus": 2, "note": "best = the best configuration's mean best_val_acc over seeds per "
-                      "images_per_label group (api.rank); epochs = sum of each trial's epochs run. Run once: "
-                      "accuracies are deterministic per trial, ASHA's cuts depend on trial arrival order."},
-            "runs": runs, "rows": rows, "targets": targets}
+        run["gap_points"] = {g: grid["best"][g]["accuracy"]
+                             - run["best"].get(g, {"accuracy": float("nan")})["accuracy"] for g in grid["best"]}
+    exp = load_experiment(QUICKSTART, overrides=[*ctx.base, *asha_variants(ctx.quick)[1][1]])
+    scheduler = {"grace_period": exp.scheduler.grace_period, "reduction_factor": exp.scheduler.reduction_factor,
+                 "epochs": exp.training.epochs}
+    return {"setup": {"ray_cpus": 2}, "runs": runs, FACTS: {"scheduler": scheduler}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -795,7 +679,8 @@ def worker_start(run_dir: Path) -> float:
     return float(np.median([t for _, t in firsts.values()]))
 
 
-def section_nodes(ctx: Ctx) -> dict[str, Any]:
+def measure_nodes(ctx: Ctx) -> dict[str, Any]:
+    """Trials/hour, wall and worker start-up per cluster layout; `layouts` lists 1 node x 1 CPU first."""
     if ctx.quick:
         over = ["seeds=[0]", "training.epochs=2", "scheduler.type=none",
                 "search_space={transfer_depth: 4, frozen_depth: {grid: [0, 2]}, images_per_label: 50}"]
@@ -821,74 +706,61 @@ def section_nodes(ctx: Ctx) -> dict[str, Any]:
                          "worker_start_s": spread([x["worker_start_s"] for x in raw[label]]),
                          "wall_s": spread([x["wall_s"] for x in raw[label]]),
                          "nodes_used": max(x["nodes_used"] for x in raw[label])} for label, _ in layouts}
-    one = summaries[layouts[0][0]]["trials_per_hour"]["median"]
-    rows = [{"cluster": label, "nodes used": s["nodes_used"], "trials/hour": s["trials_per_hour"]["median"],
-             "min": s["trials_per_hour"]["min"], "max": s["trials_per_hour"]["max"],
-             "wall s": s["wall_s"]["median"], "worker start s": s["worker_start_s"]["median"],
-             "vs 1 node x 1 CPU": s["trials_per_hour"]["median"] / one}
-            for label, s in summaries.items()]
-    return {"setup": {"trials": raw[layouts[0][0]][0]["trials"], "overrides": over,
-                      "note": "Every layout is a ray.cluster_utils.Cluster on this machine (one process set per "
-                              "node); cluster start-up is not timed. On a 2-core machine '2 nodes x 1 CPU' uses "
-                              "both cores, so compare it with '1 node x 2 CPUs' (same cores, one node) to see "
-                              "the cost of a second node; the Tune driver and MLflow writes share those cores. "
-                              "Worker start = time to the first report of each Tune worker process (start-up, "
-                              "imports, data, one epoch), paid once per worker and, with 2 slots, twice at once."},
-            "layouts": summaries, "runs": raw, "rows": rows, "targets": []}
+    return {"setup": {"trials": raw[layouts[0][0]][0]["trials"], "overrides": over}, "layouts": summaries,
+            "runs": raw}
 
 
 # --------------------------------------------------------------------------------------------------
 # gpu: images/s per trial with 1, 2 and 4 trials sharing one GPU
 
 
-def section_gpu(ctx: Ctx) -> dict[str, Any]:
+def measure_gpu(ctx: Ctx) -> dict[str, Any]:
+    """images/s per trial with k trials sharing the GPU, per k (`shares`); skipped without CUDA."""
     import torch
-
-    from tunetl.config import load_experiment
 
     if not torch.cuda.is_available() and not ctx.simulate_gpu:
         return {"status": "skipped", "reason": "skipped: no GPU (torch.cuda.is_available() is False)"}
     simulated = not torch.cuda.is_available()
     backbone, size, epochs = ("smallcnn", None, 3) if simulated else ("resnet18", 112, 4 if ctx.quick else 6)
     shares = [1, 2] if simulated else [1, 2, 4]
-    rows, raw = [], {}
+    raw = {}
     start_ray(num_cpus=2, num_gpus=1) if simulated else start_ray()
     try:
         for k in shares:
-            lrs = ", ".join(f"{0.01 * (1 + i / 10):g}" for i in range(k))  # k distinct trials, same cost
-            body = {
-                "name": f"gpu_{k}",
-                "dataset": {"builtin": "digits", "val_fraction": 0.1},
-                "backbone": backbone,
-                "search_space": {"transfer_depth": 0, "frozen_depth": 0, "images_per_label": "all"},
-                "training": {"epochs": epochs, "batch_size": 64, "image_size": size},
-                "scheduler": {"type": "none"},
-                "resources": {"cpu": 0.5 if simulated else 1, "gpu": 1 / k},
-            }
-            over = [f"search_space.base_lr={{grid: [{lrs}]}}", cache_override("off")]
-            exp = load_experiment(body, overrides=over)
-            per_trial = []
-            for r in range(ctx.repeats):
-                summary, wall = run_search(ctx, f"gpu_{k}_{r}", [], experiment=exp)
-                results = tune_results(summary.storage_path)
-                train_images = int(summary.trials["feature.num_train"].iloc[0])
-                for rows_ in results:
-                    per_trial.append(train_images / float(np.median([x["epoch_seconds"] for x in rows_[1:]])))
-            s = spread(per_trial)
+            s = spread(gpu_images_per_s(ctx, k, backbone, size, epochs, simulated))
             raw[str(k)] = {"images_per_s_per_trial": s, "aggregate_images_per_s": k * s["median"]}
-            rows.append({"trials per GPU": k, "resources.gpu": 1 / k, "images/s per trial": s["median"],
-                         "min": s["min"], "max": s["max"], "images/s all trials": k * s["median"]})
             ctx.say(f"gpu: {k} trial(s)/GPU: {s['median']:.0f} images/s per trial")
     finally:
         stop_ray()
-    base = rows[0]["images/s all trials"]
-    for row in rows:
-        row["aggregate vs 1"] = row["images/s all trials"] / base
     return {"status": "simulated on CPU (code path check only)" if simulated else "ok",
-            "setup": {"backbone": backbone, "image_size": size, "epochs": epochs, "batch_size": 64,
-                      "note": "images/s = training images per epoch / epoch_seconds (the epoch includes one "
-                              "validation pass); epoch 1 left out; all k trials run at once on the GPU"},
-            "shares": raw, "rows": rows, "targets": []}
+            "setup": {"backbone": backbone, "image_size": size, "epochs": epochs, "batch_size": 64},
+            "shares": raw}
+
+
+def gpu_images_per_s(ctx: Ctx, k: int, backbone: str, size: int | None, epochs: int, simulated: bool) -> list[float]:
+    """Each trial's images/s (epoch 1 left out) in searches of k trials at `resources.gpu` 1/k, all at once."""
+    from tunetl.config import load_experiment
+
+    lrs = ", ".join(f"{0.01 * (1 + i / 10):g}" for i in range(k))  # k distinct trials, same cost
+    body = {
+        "name": f"gpu_{k}",
+        "dataset": {"builtin": "digits", "val_fraction": 0.1},
+        "backbone": backbone,
+        "search_space": {"transfer_depth": 0, "frozen_depth": 0, "images_per_label": "all"},
+        "training": {"epochs": epochs, "batch_size": 64, "image_size": size},
+        "scheduler": {"type": "none"},
+        "resources": {"cpu": 0.5 if simulated else 1, "gpu": 1 / k},
+    }
+    over = [f"search_space.base_lr={{grid: [{lrs}]}}", cache_override("off")]
+    exp = load_experiment(body, overrides=over)
+    per_trial = []
+    for r in range(ctx.repeats):
+        summary, _ = run_search(ctx, f"gpu_{k}_{r}", [], experiment=exp)
+        results = tune_results(summary.storage_path)
+        train_images = int(summary.trials["feature.num_train"].iloc[0])
+        for rows in results:
+            per_trial.append(train_images / float(np.median([x["epoch_seconds"] for x in rows[1:]])))
+    return per_trial
 
 
 # --------------------------------------------------------------------------------------------------
@@ -958,12 +830,9 @@ def anytime_curve(rows: list[list[dict[str, Any]]]) -> dict[str, list[tuple[int,
     return curves
 
 
-def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
-    return next((k for k, acc in curve if acc >= level), None)
-
-
-def section_anytime(ctx: Ctx) -> dict[str, Any]:
-    """Each method is a real tunetl search (Ray Tune, MLflow); 3 seeds of each sampler, the grid once.
+def measure_anytime(ctx: Ctx) -> dict[str, Any]:
+    """Each method is a real tunetl search (Ray Tune, MLflow); 3 seeds of each sampler, the grid once. Returns
+    every search's (epochs spent, best so far) curves and per-trial bests; the writer summarises and plots them.
 
     The searches finished by an earlier run with the same `--workdir` are kept (anytime_raw.json), so an
     interrupted hour-long run continues where it stopped and the summary can be re-drawn without searching.
@@ -992,51 +861,9 @@ def section_anytime(ctx: Ctx) -> dict[str, Any]:
     finally:
         if todo:
             stop_ray()
-    result = summarize_anytime(raw)
-    png = plot_anytime(raw, ctx.out_dir / ("anytime_quick.png" if ctx.quick else "anytime.png"))
-    searched = sum(r["wall_s"] for runs in raw.values() for r in runs)
-    result["setup"] = {"note": f"MNIST-5k digits 5-9, smallcnn from digits 0-4, frozen-prefix cache; "
-                       f"{'quick space' if ctx.quick else '72 configurations'} per images-per-label group, "
-                       f"{exp['training']['epochs']} epochs; samplers draw {anytime_methods(ctx.quick)[1][1][0]}; "
-                       "epochs counted in the order Tune received them (2 trials at a time). Grid configurations "
-                       "within 1 / 2 points of the grid's best (what a sampler must hit): " + "; ".join(
-                           f"@{g}: {n['1 pt']} / {n['2 pt']} of {n['of']}" for g, n in result["needles"].items())
-                       + ". The searches took "
-                       f"{searched:.0f} s" + (f" ({reused} kept from an earlier run in the same --workdir)"
-                                              if reused else "") + ". Plot: " + png.name}
-    return result
-
-
-def summarize_anytime(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Rows (median over seeds) and the 30% target, from every search's (epochs, best so far) curves."""
-    grid = raw["grid"][0]["curves"]
-    rows, targets = [], []
-    reached: dict[str, dict[str, float]] = {}
-    for label, runs in raw.items():
-        row: dict[str, Any] = {"method": label, "seeds": len(runs)}
-        for g, gcurve in grid.items():
-            total, top = gcurve[-1][0], gcurve[-1][1]
-            spent = [r["curves"].get(g, [(0, 0.0)])[-1][0] for r in runs]
-            finals = [r["curves"].get(g, [(0, 0.0)])[-1][1] for r in runs]
-            row[f"@{g}: epochs (median)"] = int(np.median(spent))
-            row[f"@{g}: best % (median)"] = f"{100 * float(np.median(finals)):.1f}"
-            for gap in (1, 2):
-                hits = [epochs_to_reach(r["curves"].get(g, []), top - gap / 100) for r in runs]
-                med = float(np.median([h / total if h is not None else float("inf") for h in hits]))
-                if gap == 1:
-                    reached.setdefault(label, {})[g] = med
-                row[f"@{g}: epochs to grid best -{gap}pt"] = "never" if not np.isfinite(med) else f"{100 * med:.0f}%"
-        rows.append(row)
-    ok_methods = [m for m, per in reached.items() if m != "grid" and all(v <= 0.30 for v in per.values())]
-    others = [m for m in reached if m != "grid"]
-    best_method = min(others, key=lambda m: max(reached[m].values())) if others else "grid"
-    worst = max(reached[best_method].values())
-    targets.append(target("anytime.30pct", "a method within 1 point of the grid's best at <= 30% of the grid's "
-                          "epochs (median of 3 seeds, every images-per-label group)", worst, bool(ok_methods),
-                          f"{best_method}: {100 * worst:.0f}%" if np.isfinite(worst) else f"{best_method}: never",
-                          "" if ok_methods else "no method reached the grid's best -1 point within 30% of its epochs "
-                          "in every group (few grid configurations lie that close to its best: see the note)"))
-    return {"rows": rows, "targets": targets, "raw": raw, "needles": anytime_needles(raw)}
+    plot = ctx.out_dir / ("anytime_quick.png" if ctx.quick else "anytime.png")
+    return {"raw": raw, FACTS: {"quick": ctx.quick, "epochs": exp["training"]["epochs"],
+                                "sampler": anytime_methods(ctx.quick)[1][1][0], "reused": reused, "plot": str(plot)}}
 
 
 def anytime_trial_bests(rows: list[list[dict[str, Any]]]) -> dict[str, list[float]]:
@@ -1049,54 +876,12 @@ def anytime_trial_bests(rows: list[list[dict[str, Any]]]) -> dict[str, list[floa
     return bests
 
 
-def anytime_needles(raw: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, int]]:
-    """How many of the grid's trials per group come within 1 and 2 points of its best: the targets a
-    sampler can hit (one in 72 makes 'within 1 point at 30% of the epochs' a lottery)."""
-    bests = raw["grid"][0].get("trial_bests", {})
-    return {g: {f"{gap} pt": sum(a >= max(accs) - gap / 100 for a in accs) for gap in (1, 2)} | {"of": len(accs)}
-            for g, accs in bests.items()}
-
-
-def plot_anytime(raw: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Median over seeds of best val acc vs epochs spent, one panel per images-per-label group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted(raw["grid"][0]["curves"], key=lambda g: float(g) if g.replace(".", "").isdigit() else 1e9)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
-    for ax, g in zip(axes[0], groups, strict=True):
-        for label, runs in raw.items():
-            longest = max(len(r["curves"].get(g, [])) for r in runs)
-            if not longest:
-                continue
-            xs = np.arange(1, longest + 1)
-            ys = [[r["curves"][g][min(k, len(r["curves"][g])) - 1][1] if r["curves"].get(g) else np.nan
-                   for k in xs] for r in runs]
-            ax.plot(xs, 100 * np.nanmedian(np.asarray(ys, dtype=float), axis=0), label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("epochs spent (log)")
-        ax.set_ylabel("best val acc found (%)")
-        ax.set_title(f"{g} images per label")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# Results: JSON and Markdown
-
-
 # --------------------------------------------------------------------------------------------------
 # vs_tune: the quickstart as tunetl runs it vs what a user would write with Ray Tune (benchmarks/vs_tune.py)
 
 
-def section_vs_tune(ctx: Ctx) -> dict[str, Any]:
+def measure_vs_tune(ctx: Ctx) -> dict[str, Any]:
+    """Each kind of search's wall, CPU and training seconds, and its cost per trial beyond training."""
     import vs_tune
 
     pretrain_source(ctx)
@@ -1113,139 +898,34 @@ def section_vs_tune(ctx: Ctx) -> dict[str, Any]:
         per_trial = [(cpus * r["wall_s"] - r["train_s"]) / r["trials"] for r in runs]
         med[kind] = {"wall": spread([r["wall_s"] for r in runs]), "cpu": spread([r["cpu_s"] for r in runs]),
                      "train": spread([r["train_s"] for r in runs]), "per_trial": spread(per_trial)}
-    plain = med["plain"]
-    rows = [{"search": kind, "wall s (median)": f"{m['wall']['median']:.1f}",
-             "wall min-max": f"{m['wall']['min']:.1f}-{m['wall']['max']:.1f}",
-             "x plain wall": f"{m['wall']['median'] / plain['wall']['median']:.2f}",
-             "CPU s (median)": f"{m['cpu']['median']:.1f}",
-             "x plain CPU": f"{m['cpu']['median'] / plain['cpu']['median']:.2f}",
-             "training s": f"{m['train']['median']:.1f}",
-             "per trial beyond training s": f"{m['per_trial']['median']:.2f}"} for kind, m in med.items()]
-    ratio = med["tunetl"]["wall"]["median"] / plain["wall"]["median"]
-    extra = med["tunetl"]["per_trial"]["median"] - plain["per_trial"]["median"]
-    why = ("tunetl's trials log to MLflow from the workers (an MLflow client per worker, a synchronous write per "
-           "epoch), and a tunetl search also checkpoints, tests and logs the winner's model")
-    targets = [
-        target("vs_tune.wall", "quickstart wall time <= 1.15 x a plain Ray Tune script without MLflow", ratio,
-               ratio <= 1.15, f"{ratio:.2f}x", why),
-        target("vs_tune.per_trial", "cost per trial beyond training <= plain script's + 0.15 s", extra,
-               extra <= 0.15, f"+{extra:.2f} s", why),
-    ]
-    return {"setup": {"note": f"The quickstart's 30 trials (15 epochs, 1 CPU each, {cpus} at a time, actors reused) "
-                      "four ways, interleaved, Ray started and the source model cached before; the same "
-                      "`TrialRunner` trains in all four. tunetl's wall includes its end of search (test accuracy "
-                      "of the winners, the winner's model logged). CPU = machine-wide busy CPU seconds "
-                      "(/proc/stat) during each search: other load on the machine is counted too (see load). "
-                      "Per trial beyond training = (CPUs x wall - summed epoch seconds) / trials."},
-            "raw": raw, "medians": med, "rows": rows, "targets": targets}
+    return {"raw": raw, "medians": med, FACTS: {"cpus": cpus}}
 
 
 # --------------------------------------------------------------------------------------------------
 # scale: `tunetl best` on a generated store of up to 10,000 child runs (benchmarks/scale.py)
 
 
-def section_scale(ctx: Ctx) -> dict[str, Any]:
+def measure_scale(ctx: Ctx) -> dict[str, Any]:
+    """`tunetl best` seconds per store size (`raw`, ascending) and their growth per 1,000 runs."""
     import scale
 
     sizes = scale.QUICK_SIZES if ctx.quick else scale.FULL_SIZES
     rows = scale.measure(ctx.work / "scale", sizes, ctx.repeats, ctx.say)
-    top = rows[-1]
-    targets = []
-    for key, where in (("sqlite_s", "SQLite"), ("server_s", "mlflow server")):
-        slope = scale.growth_per_1000(rows, key)
-        targets.append(target(f"scale.best_{key[:-2]}", f"`tunetl best` on {top['runs']:,} runs ({where}) < 5 s "
-                              "including start-up", top[key], top[key] < 5, f"{top[key]:.2f} s",
-                              f"{top[key]:.2f} s: MLflow's search_runs returns every run's params, tags and "
-                              "metrics; see the growth row"))
-        targets.append(target(f"scale.growth_{key[:-2]}", f"growth per 1,000 runs ({where}) < 0.2 s", slope,
-                              slope < 0.2, f"{slope:.3f} s", f"{slope:.3f} s per 1,000 runs"))
-    shown = [{"runs": r["runs"], "tunetl best, SQLite (s)": f"{r['sqlite_s']:.2f}",
-              "tunetl best, mlflow server (s)": f"{r['server_s']:.2f}"} for r in rows]
-    return {"setup": {"note": f"One store grown through {', '.join(map(str, sizes))} child runs ({scale.EPOCHS} "
-                      "epochs of metrics each, as a trial records them); `tunetl best --experiment scale` in a "
-                      "fresh process (start-up included), median of the repeats; the server is a real `mlflow "
-                      "server --workers 1` over the same SQLite file, warmed by one untimed query."},
-            "raw": rows, "rows": shown, "targets": targets}
+    growth = {key: scale.growth_per_1000(rows, key) for key in ("sqlite_s", "server_s")}
+    return {"raw": rows, FACTS: {"epochs": scale.EPOCHS, "growth_per_1000": growth}}
 
 
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
-    "plain": section_plain,
-    "overhead": section_overhead,
-    "cache": section_cache,
-    "asha": section_asha,
-    "nodes": section_nodes,
-    "gpu": section_gpu,
-    "anytime": section_anytime,
-    "vs_tune": section_vs_tune,
-    "scale": section_scale,
+    "plain": measure_plain,
+    "overhead": measure_overhead,
+    "cache": measure_cache,
+    "asha": measure_asha,
+    "nodes": measure_nodes,
+    "gpu": measure_gpu,
+    "anytime": measure_anytime,
+    "vs_tune": measure_vs_tune,
+    "scale": measure_scale,
 }
-
-TITLES = {
-    "plain": "Per-epoch time: tunetl trial vs a plain PyTorch loop",
-    "overhead": "Whole-search wall time vs the sum of its trials' training time",
-    "cache": "Frozen-prefix feature cache on vs off, per frozen depth",
-    "asha": "ASHA vs the full grid on the quickstart (shipped frozen-depth search)",
-    "nodes": "Trials per hour on 1 vs 2 local Ray nodes",
-    "gpu": "GPU: images/s per trial with 1, 2 and 4 trials per GPU",
-    "anytime": "Best accuracy found vs epochs spent: grid, random, ASHA, HyperBand, Optuna+ASHA, PBT, BOHB",
-    "vs_tune": "The quickstart as tunetl runs it vs a plain Ray Tune script (without MLflow, setup_mlflow, "
-               "MLflowLoggerCallback)",
-    "scale": "`tunetl best` on MLflow stores of 1,000 to 10,000 child runs (SQLite and a real server)",
-}
-
-
-def fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return {True: "yes", False: "no", None: "-"}[value]
-    if isinstance(value, float):
-        if value != value:
-            return "-"
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
-def md_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in cols) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render(results: dict[str, Any]) -> str:
-    out = [f"# Benchmark harness results{' (quick mode)' if results['quick'] else ''}", "",
-           f"Machine: {machine_line(results['machine'])}", "",
-           f"Last run: {results['date']}, `{results['command']}`, {results['seconds']:.0f} s.", ""]
-    summary = [{"section": name, "status": sec["status"], "measured": sec.get("date"), "repeats": sec.get("repeats"),
-                "seconds": sec.get("seconds"), "load average (1 min) start / end": sec.get("load")}
-               for name in SECTIONS if (sec := results["sections"].get(name)) is not None]
-    out += [md_table(summary), "", f"Sum of section times: {sum(s['seconds'] or 0 for s in summary):.0f} s. "
-            "The load average shows how busy the machine was: timings are only as quiet as the machine.", ""]
-    targets = []
-    for name in SECTIONS:
-        sec = results["sections"].get(name)
-        if sec is None:
-            continue
-        out += [f"## {name}: {TITLES[name]}", ""]
-        if sec.get("machine_line") and sec["machine_line"] != machine_line(results["machine"]):
-            out += [f"Measured on: {sec['machine_line']} ({sec['date']}).", ""]
-        if sec.get("status") not in (None, "ok"):
-            out += [f"Status: {sec.get('reason') or sec['status']}", ""]
-        if sec.get("rows"):
-            out += [md_table(sec["rows"]), ""]
-        note = sec.get("note") or (sec.get("setup") or {}).get("note")
-        if note:
-            out += [note, ""]
-        if sec.get("seconds") is not None:
-            out += [f"Section time: {sec['seconds']:.0f} s.", ""]
-        targets += [{**t, "section": name} for t in sec.get("targets", [])]
-    out += ["## Targets", "", "| target | goal | measured | met | why missed |", "|---|---|---|---|---|"]
-    out += [f"| {t['name']} | {t['goal']} | {t['shown']} | {fmt(t['met'])} | {t['reason']} |" for t in targets]
-    return "\n".join(out) + "\n"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1304,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         ctx.say(f"section {name} ...")
         try:
-            sec = RUNNERS[name](ctx)
+            sec = harness_report.describe(name, RUNNERS[name](ctx))
         except Exception as err:  # one broken section must not lose the others' numbers
             sec = {"status": "error", "reason": f"error: {type(err).__name__}: {err} (log: {ctx.log})",
                    "targets": []}
@@ -1330,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [{**t, "section": n} for n, s in sections.items() for t in s.get("targets", [])],
     }
     json_path.write_text(json.dumps(results, indent=2, default=str))
-    md_path.write_text(render(results))
+    md_path.write_text(harness_report.render(results))
     ctx.say(f"wrote {json_path} and {md_path} ({results['seconds']:.0f} s)")
     if args.workdir is None and not failed:
         shutil.rmtree(work, ignore_errors=True)

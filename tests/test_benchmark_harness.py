@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +17,35 @@ HARNESS = ROOT / "benchmarks" / "harness.py"
 def _harness(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(HARNESS), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900)
+
+
+def _writer(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """benchmarks/ is not a package: the harness imports its writer from the script's folder, as here."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import harness_report
+
+    return harness_report
+
+
+def test_committed_results_render_to_the_committed_markdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = _writer(monkeypatch)
+    results = json.loads((ROOT / "benchmarks" / "results" / "harness.json").read_text())
+    assert writer.render(results) == (ROOT / "benchmarks" / "results" / "harness.md").read_text()
+
+
+def test_describe_adds_the_presentation_and_leaves_the_writer_only_facts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = _writer(monkeypatch)
+    skipped = {"status": "skipped", "reason": "skipped: no GPU (torch.cuda.is_available() is False)"}
+    assert writer.describe("gpu", dict(skipped)) == skipped
+    raw = [{"runs": 1000, "sqlite_s": 2.0, "server_s": 3.0}, {"runs": 4000, "sqlite_s": 6.5, "server_s": 4.0}]
+    facts = {"epochs": 5, "growth_per_1000": {"sqlite_s": 1.5, "server_s": 0.1}}
+    section = writer.describe("scale", {"raw": raw, writer.FACTS: facts})
+    assert set(section) == {"raw", "setup", "rows", "targets"}
+    assert section["rows"][1] == {"runs": 4000, "tunetl best, SQLite (s)": "6.50", "tunetl best, mlflow server (s)": "4.00"}
+    assert "through 1000, 4000 child runs (5 epochs" in section["setup"]["note"]
+    met = {t["name"]: t["met"] for t in section["targets"]}
+    assert met == {"scale.best_sqlite": False, "scale.growth_sqlite": False, "scale.best_server": True,
+                   "scale.growth_server": True}
 
 
 def test_unknown_section_is_refused_naming_the_choices(tmp_path: Path) -> None:
