@@ -210,12 +210,6 @@ def _prune_backbones(p: Plan, bundles: list[Any]) -> dict[str, str]:
             "tunetl.prune_backbones.scores": json.dumps({"by": by, **scores})}
 
 
-def _needs_source(p: Plan) -> bool:
-    from tunetl.search.space import space_needs_source
-
-    return space_needs_source(p.space)
-
-
 def _bundles(p: Plan, storage: Any) -> list[Any]:
     """Per task: source weights (trained and cached once), the source's name, the task's features.
 
@@ -223,12 +217,13 @@ def _bundles(p: Plan, storage: Any) -> list[Any]:
     mirror and uploaded, so that a driver on another machine finds it too.
     """
     from tunetl.features.task import task_features
+    from tunetl.search.space import space_needs_source
     from tunetl.search.trainable import TaskBundle
     from tunetl.source import source_description, source_state_for
     from tunetl.trial import model_in_channels
 
     cache = storage.cache_dir()
-    needs = [exp.source.kind != "none" and _needs_source(p) for exp, _ in p.tasks]
+    needs = [exp.source.kind != "none" and space_needs_source(p.space) for exp, _ in p.tasks]
     if any(needs):
         storage.pull("cache/sources", cache / "sources")
     bundles = []

@@ -101,6 +101,13 @@ def no_bool(value: Any, annotation: Any) -> Any:
     return value
 
 
+def as_tuples(value: Any) -> Any:
+    """JSON lists -> tuples, recursively, so that a configuration read back from text stays hashable."""
+    if isinstance(value, list):
+        return tuple(as_tuples(v) for v in value)
+    return value
+
+
 def needs_source(transfer_depth: int | None) -> bool:
     """The one "needs a source" rule: a trial transfers stages, and so needs source weights, unless its
     transfer_depth is 0; the default (None) transfers every stage (FTall)."""

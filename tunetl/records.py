@@ -41,6 +41,10 @@ EPOCHS_RUN = "epochs_run"
 #: The trial's score: its best epoch's val_acc (the epoch whose weights are delivered).
 BEST_METRIC = "best_val_acc"
 
+# Values of the trials frame
+#: `images_per_label: all` in the trials frame (the real count is `feature.images_per_label`).
+ALL_IMAGES = -1
+
 # Keys of a trial's Tune results (`result.json`)
 #: The first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
 RECORD_KEY = "tunetl_record"

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunetl.records import ALL_IMAGES
+
 DEFAULT_METRIC = "best_val_acc"
 DEFAULT_TASK_COLS: tuple[str, ...] = ("dataset", "source", "backbone", "images_per_label")
-ALL_IMAGES = -1
 #: Columns that describe a configuration, never a measured value (kept as keys when averaging).
 PARAM_COLS = frozenset(
     {

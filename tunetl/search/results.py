@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetl.params import as_tuples
 from tunetl.records import (
     DIVERGED_KEY,
     EPOCH_METRICS,
@@ -277,12 +278,6 @@ def load_searches(storage: str | Path, run: str | None = None) -> list[StoredSea
     return out
 
 
-def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def param_names(searches: list[StoredSearch]) -> list[str]:
     """Every parameter recorded for any trial of `searches`, in first-seen order."""
     names: dict[str, None] = {}
@@ -312,7 +307,7 @@ def trials_frame(searches: list[StoredSearch]) -> pd.DataFrame:
                 "diverged": t.diverged,
                 "error": t.error,
                 "node": t.tags.get(NODE_TAG),
-                **{n: _tuples(t.params.get(n)) for n in names},
+                **{n: as_tuples(t.params.get(n)) for n in names},
                 **{m: last.get(m, math.nan) for m in EPOCH_METRICS},
                 "best_val_acc": math.nan if t.best_val_acc is None else t.best_val_acc,
                 "epochs_run": len(t.epochs),

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetl.params import SEARCH_PARAMS
+from tunetl.params import SEARCH_PARAMS, as_tuples
 from tunetl.records import (
+    ALL_IMAGES,
     DIVERGED_TAG,
     EPOCH_METRICS,
     EPOCHS_RUN,
@@ -28,9 +29,6 @@ from tunetl.tracking.uri import TrackingError, redact
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Recorded per epoch; the frame keeps the last value of each.
-#: `images_per_label: all` in the frame (the real count is `feature.images_per_label`).
-ALL_IMAGES = -1
 #: Columns that describe the run rather than its configuration.
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -49,13 +47,6 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf|inf
 _PAGE = 1000
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists -> tuples, recursively, so that configurations stay hashable."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def restore_value(text: str) -> Any:
     """Undo `encode_param`: "None" -> None, ints, floats, bools, JSON lists -> tuples, else the text."""
     if text == "None":
@@ -70,7 +61,7 @@ def restore_value(text: str) -> Any:
         return float(text)
     if text.startswith("["):
         try:
-            return _tuples(json.loads(text))
+            return as_tuples(json.loads(text))
         except ValueError:
             return text
     return text
