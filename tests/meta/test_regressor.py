@@ -339,6 +339,26 @@ def test_state_round_trip_keeps_the_table(meta: pd.DataFrame) -> None:
     assert clone.predict(_features(60.0, 0.4)) == model.predict(_features(60.0, 0.4))
 
 
+@pytest.mark.parametrize("kind", ["forest", "knn"])
+def test_a_model_stored_with_dict_parts_still_predicts(meta: pd.DataFrame, kind: str) -> None:
+    """Meta-models registered before `Part` kept each part as a dict; skops loads them into Parts."""
+    import skops.io
+
+    from tunetl.tracking.registry import TRUSTED_TYPES
+
+    model = fit_meta_model(meta, kind=kind)
+    old = MetaModel.__new__(MetaModel)
+    old.__setstate__(model.__getstate__())
+    old.parts = {name: None if p is None else {"inputs": p.inputs, "center": p.center_, "scale": p.scale_,
+                                               "estimator": p.estimator_, "constant": p.constant_,
+                                               "n": p.n_samples_, "classify": p.classify}
+                 for name, p in model.parts.items()}
+    loaded = skops.io.loads(skops.io.dumps(old), trusted=[t for t in TRUSTED_TYPES if not t.endswith(".Part")])
+    assert all(p is None or type(p).__name__ == "Part" for p in loaded.parts.values())
+    for point in (_features(60.0, 0.4), _features(3.0, 0.9)):
+        assert loaded.predict(point) == model.predict(point)
+
+
 def test_recommend_is_json_and_readable(meta: pd.DataFrame) -> None:
     model = fit_with_loto(meta, kind="knn")
     result = recommend(

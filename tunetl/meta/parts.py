@@ -86,6 +86,18 @@ class Part:
                     (x - self.center_) / self.scale_, y)
         return self
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], kind: str) -> Part:
+        """A fitted part from the dict that meta-models registered before `Part` existed stored (keys
+        inputs, center, scale, estimator, constant, n, classify), so that those models still predict."""
+        part = cls(record["inputs"], kind, bool(record["classify"]))
+        part.center_ = np.asarray(record["center"], dtype="float64")
+        part.scale_ = np.asarray(record["scale"], dtype="float64")
+        part.n_samples_ = int(record["n"])
+        part.estimator_ = record["estimator"]
+        part.constant_ = record["constant"]
+        return part
+
     def _z(self, values: Mapping[str, float]) -> np.ndarray:
         x = np.array([[float(model_scale(c, values[c])) for c in self.inputs]])
         return (x - self.center_) / self.scale_

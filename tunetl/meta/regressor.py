@@ -148,6 +148,8 @@ class MetaModel:
         self.table = pd.DataFrame(table["data"], columns=table["columns"])
         self.table.attrs.update(table.get("attrs", {}))
         self.ranges = {k: (float(v[0]), float(v[1])) for k, v in self.ranges.items()}
+        self.parts = {name: Part.from_record(p, self.kind) if isinstance(p, dict) else p
+                      for name, p in self.parts.items()}
 
     @property
     def targets(self) -> list[str]:
