@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,10 @@ import pandas as pd
 from tunetl.config import ConfigError, ExperimentConfig, load_experiment
 from tunetl.params import SEARCH_PARAMS
 from tunetl.records import MAX_TAG_CHARS, SKIPPED_FILES_TAG, STORAGE_TAG
+
+if TYPE_CHECKING:
+    from tunetl.history import Continuation
+    from tunetl.search.session import SearchSession
 
 
 @dataclass
@@ -297,7 +301,7 @@ def run(
     cont = _continuation(p, store, uri, more, resume) if more is not None else None
     run_name = None if cont else folder_to_resume(store, p.experiment, resume=resume, new=new)
     exp = p.experiment
-    recorder = _start(p, uri, address, num_cpus)
+    recorder = _start_ray_and_recorder(p, uri, address, num_cpus)
     pf.check_resources(exp)
     pf.check_storage(store)
     pf.check_data([task for _, task in p.tasks])
@@ -305,7 +309,7 @@ def run(
     prune_tags = _prune_backbones(p, bundles)
     session = SearchSession(store, exp, recorder, uri, run_name or new_run_name(exp.name))
     with session.held():
-        session.open_parent(_parent_params(exp, p), more=_more_of(cont, more),
+        session.open_parent(_parent_params(exp, p), more=cont,
                             tags={STORAGE_TAG: str(session.path), **_skipped_tag(p),
                                   **_source_tags(bundles, store), **prune_tags})
         with session.killed_on_stop():
@@ -316,7 +320,8 @@ def run(
 
 def _checked_inputs(p: Plan, address: str | None, num_cpus: int | None, tracking_uri: str | None,
                     storage: str | Path | None, register_model: str | None) -> tuple[str, Any]:
-    """Every check that needs neither Ray nor an MLflow run: (tracking URI, search storage)."""
+    """Every check that needs neither Ray nor an MLflow run: (tracking URI, search storage). Applies
+    `register_model` to `p.experiment` first, so that its name is checked with the rest."""
     from tunetl.search import preflight as pf
     from tunetl.tracking import adopt_credentials, check_tracking, resolve_tracking_uri
 
@@ -333,8 +338,9 @@ def _checked_inputs(p: Plan, address: str | None, num_cpus: int | None, tracking
     return uri, store
 
 
-def _continuation(p: Plan, store: Any, uri: str, more: int, resume: bool) -> Any:
-    """`--more N`: the finished search to continue, its trials told to the searcher."""
+def _continuation(p: Plan, store: Any, uri: str, more: int, resume: bool) -> Continuation:
+    """`--more N`: the finished search to continue, its trials told to the searcher; `p.experiment`
+    draws N trials (per seed)."""
     from tunetl.history import continuation
 
     if resume:
@@ -347,13 +353,7 @@ def _continuation(p: Plan, store: Any, uri: str, more: int, resume: bool) -> Any
     return cont
 
 
-def _more_of(cont: Any, more: int | None) -> Any:
-    from tunetl.search.session import MoreOf
-
-    return None if cont is None else MoreOf(cont.run_dir, cont.parent_run_id, int(more or 0), len(cont.told))
-
-
-def _start(p: Plan, uri: str, address: str | None, num_cpus: int | None) -> Any:
+def _start_ray_and_recorder(p: Plan, uri: str, address: str | None, num_cpus: int | None) -> Any:
     """Say what runs, then start Ray and the search's MLflow recorder side by side: MLflow's import and
     store set-up (1.5-1.8 s) overlap Ray's start (about 4 s)."""
     from tunetl.search import preflight as pf
@@ -370,7 +370,7 @@ def _start(p: Plan, uri: str, address: str | None, num_cpus: int | None) -> Any:
         return recorder_ready.result()
 
 
-def _tuner(session: Any, p: Plan, bundles: list[Any], cont: Any) -> Any:
+def _tuner(session: SearchSession, p: Plan, bundles: list[Any], cont: Continuation | None) -> Any:
     """Tune's own state of the folder if it saved any; else a new Tuner in the same folder (a new search,
     or one whose driver died before Tune saved anything)."""
     from tunetl.search import runner as rn
@@ -399,7 +399,7 @@ def _check_model_name(name: str | None) -> None:
         raise ConfigError(f"--register-model / output.register_model: {err}") from None
 
 
-def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, session: Any, bundles: list[Any]) -> Any:
+def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, session: SearchSession, bundles: list[Any]) -> Any:
     """Test accuracy of the selected configurations, the winner's model logged (and registered)."""
     from tunetl.delivery import Delivery, deliver
 
@@ -415,7 +415,7 @@ def _deliver(p: Plan, frame: pd.DataFrame, outcome: Any, session: Any, bundles: 
         return Delivery(frame, notes=[f"the winner's model was not delivered: {err}"])
 
 
-def _finish(session: Any, outcome: Any, p: Plan, bundles: list[Any]) -> RunSummary:
+def _finish(session: SearchSession, outcome: Any, p: Plan, bundles: list[Any]) -> RunSummary:
     """Close the search's runs in MLflow; mark the state finished unless it was interrupted."""
     from tunetl.tracking import load_trials
 

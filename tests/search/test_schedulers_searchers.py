@@ -86,7 +86,9 @@ def test_optuna_two_objectives_under_hyperband_then_more_then_pareto(
     assert len(after) == 3 and set(before["run_id"]) < set(after["run_id"])
     for run_id, history in histories.items():
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == history
-    assert any(k.startswith("tunetl.more.") for k in _parent(sqlite_uri, first.parent_run_id).data.tags)
+    (more_tag,) = [json.loads(v) for k, v in _parent(sqlite_uri, first.parent_run_id).data.tags.items()
+                   if k.startswith("tunetl.more.")]
+    assert more_tag["trials"] == 1 and more_tag["told"] == 2 and more_tag["after"] == cont.run_dir
 
     # A changed space is refused, naming the key.
     changed = [*over[:-1], "search_space.images_per_label={grid: [5, 20]}"]

@@ -15,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tunetl.config import ConfigError, ExperimentConfig, check_name
 from tunetl.records import STATE_FILE
@@ -25,9 +25,17 @@ from tunetl.search.preflight import SearchError
 from tunetl.search.state import SearchState, read_state, write_state
 from tunetl.search.storage import Storage
 
+if TYPE_CHECKING:
+    from tunetl.search.trainable import TrialRecorder
+
 
 class ParentRun(Protocol):
-    """What a session needs of the tracking layer: the parent run's life and closing stray child runs."""
+    """What a search needs of the tracking layer (`tracking.SearchRecorder`): the parent run's life, closing
+    stray child runs, and the picklable logger its trials write their own runs with."""
+
+    experiment_id: str
+
+    def trial_logger(self) -> TrialRecorder: ...
 
     def start_parent(self, params: dict[str, Any], tags: dict[str, str]) -> str: ...
 
@@ -155,14 +163,12 @@ def folder_to_resume(storage: Storage, exp: ExperimentConfig, *, resume: bool, n
     return run_dir
 
 
-@dataclass
-class MoreOf:
-    """`--more N`: the finished search whose parent run the new trials join."""
+class Continued(Protocol):
+    """`--more`: the finished search whose parent run the new trials join (`tunetl.history.Continuation`)."""
 
     run_dir: str
     parent_run_id: str
-    trials: int
-    told: int
+    told: list[Any]
 
 
 @dataclass
@@ -176,7 +182,6 @@ class SearchSession:
     #: The search folder; a new `<name>_<stamp>` unless resuming.
     run_name: str
     parent_run_id: str = ""
-    _lock: DriverLock | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path | str:
@@ -188,23 +193,24 @@ class SearchSession:
     @contextmanager
     def held(self) -> Iterator[SearchSession]:
         """The driver lock on the folder for the block; SearchError if another driver holds it."""
-        self._lock = DriverLock(self.storage, self.run_name)
-        if not self._lock.acquire():
+        lock = DriverLock(self.storage, self.run_name)
+        if not lock.acquire():
             raise SearchError(f"{self.path} is being run by another tunetl process; wait for it or pass --new")
         try:
             yield self
         finally:
-            self._lock.release()
+            lock.release()
 
-    def open_parent(self, params: dict[str, Any], tags: dict[str, str], more: MoreOf | None = None) -> str:
-        """Start the parent run, reopen it (resume, `--more`), and write the state file that says so."""
+    def open_parent(self, params: dict[str, Any], tags: dict[str, str], more: Continued | None = None) -> str:
+        """Start the parent run, reopen it (resume, `--more`), and write the state file that says so.
+        With `more`, the experiment's `searcher.num_samples` is the number of trials added."""
         exp = self.experiment
         config = exp.model_dump(mode="json")
         if more is not None:
             self.parent_run_id = more.parent_run_id
             self.recorder.reopen_parent(self.parent_run_id)
             self.recorder.set_parent_tags({f"tunetl.more.{self.run_name}": json.dumps(
-                {"trials": more.trials, "told": more.told, "after": more.run_dir})})
+                {"trials": exp.searcher.num_samples, "told": len(more.told), "after": more.run_dir})})
             state = SearchState(exp.fingerprint(), self.parent_run_id, exp.name, self.tracking_uri,
                                 config=config, more_of=more.run_dir)
         elif self.storage.exists(self.run_name, STATE_FILE):
