@@ -55,6 +55,19 @@ def constant_answer(y: np.ndarray, classify: bool) -> float:
     return float(values[counts == counts.max()].min())
 
 
+def feature_matrix(columns: Mapping[str, Any], names: Sequence[str], n: int) -> np.ndarray:
+    """The `names` columns on the model scale, one row per case (n rows, no columns without names)."""
+    if not names:
+        return np.zeros((n, 0))
+    return np.column_stack([model_scale(c, columns[c]) for c in names])
+
+
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and spreads of `x`; a constant column keeps spread 1, so it standardises to 0."""
+    spread = x.std(axis=0)
+    return x.mean(axis=0), np.where(spread > 0, spread, 1.0)
+
+
 class Part:
     """A fitted target of a meta-model (see `tunetl.meta.dataset.PARTS` for which)."""
 
@@ -63,18 +76,11 @@ class Part:
         self.kind = kind
         self.classify = classify
 
-    def _matrix(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
-        if not self.inputs:
-            return np.zeros((n, 0))
-        return np.column_stack([model_scale(c, columns[c]) for c in self.inputs])
-
     def fit(self, rows: pd.DataFrame, y: np.ndarray) -> Part:
         """Standardise the inputs on `rows`; fit the estimator, or keep the constant where `y` is constant
         or there are no inputs."""
-        x = self._matrix(rows, len(y))
-        self.center_ = x.mean(axis=0)
-        spread = x.std(axis=0)
-        self.scale_ = np.where(spread > 0, spread, 1.0)
+        x = feature_matrix(rows, self.inputs, len(y))
+        self.center_, self.scale_ = standardiser(x)
         self.n_samples_ = len(y)
         self.estimator_: Any = None
         self.constant_: float | None = None

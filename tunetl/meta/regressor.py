@@ -60,7 +60,7 @@ from tunetl.meta.dataset import (
     part_rows,
     task_table,
 )
-from tunetl.meta.parts import DEFAULT_KIND, KINDS, Part, constant_answer
+from tunetl.meta.parts import DEFAULT_KIND, KINDS, Part, constant_answer, feature_matrix, standardiser
 
 NEAREST = 3
 _RANGE_TOL = 1e-9
@@ -127,10 +127,7 @@ class MetaModel:
         self.sources: list[dict[str, Any]] = []
         tasks = task_table(table)
         self._task_names = [str(t) for t in tasks["task"]]
-        x = self._task_matrix(tasks)
-        self.task_center = x.mean(axis=0) if features else np.zeros(0)
-        spread = x.std(axis=0) if features else np.zeros(0)
-        self.task_scale = np.where(spread > 0, spread, 1.0)
+        self.task_center, self.task_scale = standardiser(self._task_matrix(tasks))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -170,9 +167,7 @@ class MetaModel:
         return len(self._task_names)
 
     def _task_matrix(self, rows: pd.DataFrame) -> np.ndarray:
-        if not self.features:
-            return np.zeros((len(rows), 0))
-        return np.column_stack([model_scale(c, rows[c]) for c in self.features])
+        return feature_matrix(rows, self.features, len(rows))
 
     def inputs_of(self, features: Mapping[str, Any]) -> dict[str, float]:
         """The model's input features from `features`, checked finite."""
