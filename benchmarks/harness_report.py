@@ -47,17 +47,12 @@ def target(
             "reason": "" if met else reason}
 
 
-def median(stats: dict[str, Any]) -> float:
-    """The median of a spread's raw values, computed as the sections always did (np.median)."""
-    return float(np.median(stats["values"]))
-
-
 # --------------------------------------------------------------------------------------------------
 # plain
 
 
 def describe_plain(measured: dict[str, Any]) -> dict[str, Any]:
-    """Medians recomputed from the spreads' raw values with np.median, as the measuring code takes them."""
+    """The plain loop, the TrialRunner and the Tune trial, from the spreads' medians."""
     return {"rows": plain_rows(measured), "note": plain_note(measured["setup"]),
             "targets": plain_targets(measured)}
 
@@ -65,14 +60,14 @@ def describe_plain(measured: dict[str, Any]) -> dict[str, Any]:
 def plain_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per loop: the plain loop, the TrialRunner, and the Tune trial three ways."""
     tune = m["tune_trial"]
-    plain_med, epoch_s = median(m["plain_epoch_s"]), median(tune["epoch_seconds"])
+    plain_med, epoch_s = m["plain_epoch_s"]["median"], tune["epoch_seconds"]["median"]
     return [
         {"loop": "plain PyTorch loop (harness)", "epoch ms": 1e3 * plain_med, "vs plain": 1.0},
         {"loop": "tunetl TrialRunner (interleaved with the plain loop)",
-         "epoch ms": 1e3 * median(m["trialrunner_epoch_s"]), "vs plain": median(m["ratio_trialrunner_vs_plain"])},
+         "epoch ms": 1e3 * m["trialrunner_epoch_s"]["median"], "vs plain": m["ratio_trialrunner_vs_plain"]["median"]},
         {"loop": "tunetl trial in Ray Tune: epoch_seconds", "epoch ms": 1e3 * epoch_s,
-         "vs plain": epoch_s / median(tune["plain_bracket_s"])},
-        {"loop": "tunetl trial in Ray Tune: time between reports", "epoch ms": 1e3 * median(tune["time_this_iter_s"]),
+         "vs plain": epoch_s / tune["plain_bracket_s"]["median"]},
+        {"loop": "tunetl trial in Ray Tune: time between reports", "epoch ms": 1e3 * tune["time_this_iter_s"]["median"],
          "vs plain": tune["ratio_iter_vs_plain_bracket"]},
         {"loop": "tunetl trial in Ray Tune: composed estimate", "epoch ms": None, "vs plain": tune["ratio_composed"]},
     ]
@@ -95,9 +90,9 @@ def plain_note(setup: dict[str, Any]) -> str:
 def plain_targets(m: dict[str, Any]) -> list[dict[str, Any]]:
     """A miss names the cost behind it: the slower epoch, or the per-epoch logging next to a short epoch."""
     tune = m["tune_trial"]
-    ratio, plain_med = median(m["ratio_trialrunner_vs_plain"]), median(m["plain_epoch_s"])
+    ratio, plain_med = m["ratio_trialrunner_vs_plain"]["median"], m["plain_epoch_s"]["median"]
     composed, raw_ratio = tune["ratio_composed"], tune["ratio_iter_vs_plain_bracket"]
-    per_epoch_log_ms = 1e3 * (median(tune["time_this_iter_s"]) - median(tune["epoch_seconds"]))
+    per_epoch_log_ms = 1e3 * (tune["time_this_iter_s"]["median"] - tune["epoch_seconds"]["median"])
     return [
         target("plain.trialrunner", "TrialRunner epoch <= 1.05 x plain loop", ratio, ratio <= 1.05,
                f"{ratio:.3f} x", f"TrialRunner's epoch is {100 * (ratio - 1):.0f}% slower than the plain loop "
