@@ -377,8 +377,8 @@ def _tuner(session: SearchSession, p: Plan, bundles: list[Any], cont: Continuati
 
     store, run_name, recorder, uri = session.storage, session.run_name, session.recorder, session.tracking_uri
     if rn.can_restore(store, run_name):
-        return rn.restore_tuner(store, run_name, p.experiment, space=p.space, bundles=bundles,
-                                recorder=recorder.trial_logger())
+        # Tune's saved state holds the search's run writer, which keeps writing under the same parent run.
+        return rn.restore_tuner(store, run_name, p.experiment, space=p.space, bundles=bundles)
     warm = _warm_start(p, bundles, uri)
     if warm:
         recorder.set_parent_tags({f"tunetl.warm_start.{i}": json.dumps(w) for i, w in enumerate(warm)})

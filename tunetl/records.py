@@ -46,8 +46,16 @@ BEST_METRIC = "best_val_acc"
 ALL_IMAGES = -1
 
 # Keys of a trial's Tune results (`result.json`)
-#: The first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run.
+#: The first result of each trial attempt: JSON {"params": ..., "tags": ...} of its MLflow run, and for an
+#: attempt restored from a checkpoint the epoch it continues from (`RESTORED_KEY`), the PBT donor trial
+#: whose checkpoint it took (`DONOR_KEY`) or else the epochs that checkpoint holds (`HISTORY_KEY`).
 RECORD_KEY = "tunetl_record"
+RESTORED_KEY = "restored_epoch"
+DONOR_KEY = "donor"
+HISTORY_KEY = "history"
+#: Each epoch's MLflow metrics, which the driver logs to the trial's run.
+TRACKED_KEY = "tunetl_metrics"
+#: The run id in results of searches made before runs were written on the driver (read, no longer written).
 RUN_ID_KEY = "mlflow_run_id"
 DIVERGED_KEY = "diverged"
 

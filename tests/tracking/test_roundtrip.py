@@ -112,7 +112,8 @@ def log_trial(logger: TrialLogger, trial: dict[str, Any]) -> str:
 
 
 def log_trial_from_pickle(blob: bytes, trial: dict[str, Any]) -> str:
-    """Runs in a spawned process: the logger arrives pickled, as it does in a Ray worker."""
+    """Runs in a spawned process: the logger arrives pickled, as it does in a driver that resumes a search
+    (Tune keeps it, in the run writer, in its saved state)."""
     return log_trial(pickle.loads(blob), trial)
 
 

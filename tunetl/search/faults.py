@@ -10,7 +10,9 @@ object or a list of them:
 - `sleep_s`: sleep this long after every epoch (a slow trial, so that a test can act mid-search);
 - `raise_from`: raise `InjectedFault` after any epoch from this one on has been reported (and
   checkpointed), so that without `once_dir` a retried trial fails again;
-- `once_dir`: raise only once per trial (a marker file per trial id is kept there).
+- `once_dir`: raise only once per trial (a marker file per trial id is kept there);
+- `forbid_module`: raise if the trial's process has imported this module (e.g. `mlflow`, which only
+  the driver may import).
 
 Unset (the normal case), this module does nothing.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,9 @@ def maybe_fail(trial_id: str, label: str, epoch: int) -> None:
     for fault in _faults():
         if str(fault.get("match", "")) not in label:
             continue
+        forbidden = fault.get("forbid_module")
+        if forbidden and forbidden in sys.modules:
+            raise InjectedFault(f"trial {trial_id} ({label}) runs in a process that imported {forbidden}")
         if fault.get("sleep_s"):
             time.sleep(float(fault["sleep_s"]))
         if "raise_from" not in fault or epoch < int(fault["raise_from"]):

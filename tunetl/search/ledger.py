@@ -10,6 +10,7 @@ driver's loop, because Tune marks every trial TERMINATED when it cleans up after
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,16 @@ class TrialLedger(tune.Callback):
         self.storage, self.run = storage, run
         #: The ledger as written; read from storage once (a restored search continues it), then kept here.
         self._body: dict[str, Any] | None = None
+        self._lock = threading.Lock()  # the run writer's thread notes run ids beside Tune's loop
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state: a restored ledger re-reads the file, which
         # may hold trials that ended after that snapshot.
-        return {**self.__dict__, "_body": None}
+        return {k: v for k, v in {**self.__dict__, "_body": None}.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         LIVE["unfinished"] = sum(1 for t in trials if str(t.status) not in _ENDED)
@@ -65,14 +71,22 @@ class TrialLedger(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial.trial_id, {"status": "FAILED", "error": trial_error_text(trial)})
 
+    def note_run(self, trial_id: str, run_id: str) -> None:
+        """The trial's MLflow run id (`export --from-storage` shows it; the run is written on the driver)."""
+        self._record(trial_id, {"run_id": run_id})
+
     def _record(self, trial_id: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._write(trial_id, entry)
+
+    def _write(self, trial_id: str, entry: dict[str, Any]) -> None:
         if self._body is None:
             try:
                 self._body = json.loads(self.storage.read_text(self.run, LEDGER_FILE)) if self.storage.exists(
                     self.run, LEDGER_FILE) else {}
             except (OSError, ValueError):
                 self._body = {}
-        self._body[str(trial_id)] = entry
+        self._body[str(trial_id)] = {**self._body.get(str(trial_id), {}), **entry}
         try:
             self.storage.write_text(json.dumps(self._body, indent=1), self.run, LEDGER_FILE)
         except OSError as err:

@@ -129,7 +129,8 @@ def _fetch(store: Storage, name: str, local: Path) -> None:
 
 
 def read_ledger(folder: Path) -> dict[str, dict[str, Any]]:
-    """trial id -> {"status": FINISHED | FAILED, "error": text or None}; {} when there is no ledger."""
+    """trial id -> {"status": FINISHED | FAILED, "error": text or None, "run_id": its MLflow run}; {} when
+    there is no ledger."""
     try:
         body = json.loads((folder / LEDGER_FILE).read_text())
     except (OSError, ValueError):
@@ -150,8 +151,8 @@ def read_result_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _stored_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None, str | None]]:
-    """trial id -> (Tune-like status, config, trial folder, error file name, error text), found by the
+def _stored_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str | None, str | None, str | None]]:
+    """trial id -> (Tune-like status, config, trial folder, error file name, error text, run id), found by the
     trial folders; the status from tunetl's ledger, else error.txt (ERROR), a last result marked done
     (TERMINATED), or RUNNING (unfinished)."""
     ledger = read_ledger(path)
@@ -174,7 +175,8 @@ def _stored_trials(path: Path) -> dict[str, tuple[str, dict[str, Any], Path, str
             config = json.loads(params_file.read_text())
         except ValueError:
             config = {}
-        out[trial_id] = (status, config if isinstance(config, dict) else {}, folder, error, ended.get("error"))
+        out[trial_id] = (status, config if isinstance(config, dict) else {}, folder, error, ended.get("error"),
+                         ended.get("run_id"))
     return out
 
 
@@ -206,7 +208,7 @@ def _epochs(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _trial(
     trial_id: str, status: str, config: dict[str, Any], folder: Path, error_file: str | None,
-    error_text: str | None, state: SearchState,
+    error_text: str | None, run_id: str | None, state: SearchState,
 ) -> StoredTrial | None:
     lines = read_result_lines(folder / "result.json")
     record = next((json.loads(line[RECORD_KEY]) for line in lines if line.get(RECORD_KEY)), None)
@@ -214,7 +216,8 @@ def _trial(
         return None  # never started: no run exists for it anywhere
     params = record["params"] if record else _fallback_params(state, config)
     tags = {str(k): str(v) for k, v in (record["tags"] if record else {TRIAL_ID_TAG: trial_id}).items()}
-    run_ids = [str(line[RUN_ID_KEY]) for line in lines if line.get(RUN_ID_KEY)]
+    # Searches made before runs were written on the driver carry the run id in their results.
+    run_ids = [str(line[RUN_ID_KEY]) for line in lines if line.get(RUN_ID_KEY)] or ([run_id] if run_id else [])
     last = lines[-1] if lines else {}
     epochs = _epochs(lines)
     diverged = bool(last.get(DIVERGED_KEY, False))

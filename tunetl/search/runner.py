@@ -2,8 +2,9 @@
 
 The driver loads the target data and the source weights once and hands them to every trial through
 `tune.with_parameters` (Ray's object store), so a search moves its data to each node once, not once
-per trial. A Tune callback closes each trial's MLflow run on the driver, because a trial that ASHA
-stops never runs code after its last report.
+per trial. Each trial's MLflow run is written on the driver from the trial's reports
+(`run_writer.RunWriter`), which also closes the runs of trials that ASHA stops: they never run code
+after their last report.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 from ray import tune
 
 from tunetl.config import ExperimentConfig
-from tunetl.records import DIVERGED_KEY, RUN_ID_KEY
+from tunetl.records import RUN_ID_KEY
 from tunetl.search.budget import keep_checkpoints, num_groups
-from tunetl.search.ledger import LIVE, TrialLedger, trial_error_text
+from tunetl.search.ledger import LIVE, TrialLedger
 from tunetl.search.preflight import SearchError
+from tunetl.search.run_writer import EarlyFailure, RunWriter, TrialRecorder, WrittenRuns, drain_writers
 from tunetl.search.space import SearchSpace
 from tunetl.search.storage import Storage
-from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, TrialRecorder, label_of, run_trial
+from tunetl.search.trainable import CHECKPOINT_FILE, TaskBundle, label_of, run_trial
 from tunetl.search.tune_space import (
     SEED,
     TRIAL_INDEX,
@@ -54,40 +56,8 @@ class SearchOutcome:
         return self.num_incomplete > 0 or self.signal is not None
 
 
-class RunCloser(tune.Callback):
-    """Closes the runs of trials that could not close their own: stopped by ASHA, or failed.
-
-    Tune keeps callbacks in its experiment state, so this is a module-level class holding only the
-    picklable recorder.
-    """
-
-    def __init__(self, recorder: TrialRecorder, epochs: int) -> None:
-        self.recorder, self.epochs = recorder, epochs
-
-    def _run_id(self, trial: Any) -> str | None:
-        res = trial.last_result or {}
-        return res.get(RUN_ID_KEY) or self.recorder.find_run(trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        res = trial.last_result or {}
-        run_id = self._run_id(trial)
-        if not run_id:
-            return
-        stopped = int(res.get("epoch", 0)) < self.epochs and not res.get(DIVERGED_KEY, False)
-        self.recorder.finish(run_id, status="FINISHED", best_val_acc=res.get("best_val_acc"),
-                             stopped_early=stopped, diverged=bool(res.get(DIVERGED_KEY, False)))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        if run_id:
-            best = (trial.last_result or {}).get("best_val_acc")
-            # The trial's own traceback tag wins (finish keeps a known error); a killed worker has none.
-            self.recorder.finish(run_id, status="FAILED", best_val_acc=best, stopped_early=False,
-                                 error=trial_error_text(trial))
-
-
-#: The name searches saved before the rename pickled in Tune's experiment state; their resume unpickles it.
-MlflowFinalizer = RunCloser
+#: The names searches saved by earlier versions pickled in Tune's experiment state; their resume unpickles them.
+RunCloser = MlflowFinalizer = RunWriter
 
 
 def trial_dirname(trial: Any) -> str:
@@ -167,7 +137,7 @@ def build_tuner(
     from tunetl.search.searchers import Seed, build_searcher, trainable_space
 
     space = trainable_space(experiment, space)
-    trainable = tune.with_parameters(run_trial, space=space, bundles=bundles, recorder=recorder)
+    trainable = tune.with_parameters(run_trial, space=space, bundles=bundles)
     res = experiment.resources
     trainable = tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu})
     epochs = experiment.training.epochs
@@ -178,9 +148,11 @@ def build_tuner(
     plan = build_searcher(experiment, space, len(bundles), seeds, sampler_seed_offset=sampler_seed_offset)
     searcher, param_space, num_samples = plan.search_alg, plan.param_space, plan.num_samples
     limits = experiment.run
-    callbacks: list[Any] = [TrialLedger(storage, run_name), *result_loggers()]
+    ledger = TrialLedger(storage, run_name)
+    callbacks: list[Any] = [ledger, *result_loggers()]
     if recorder is not None:
-        callbacks.append(RunCloser(recorder, epochs))
+        early = EarlyFailure(space, experiment.backbone, list(experiment.seeds), bundles[0].source, epochs)
+        callbacks.append(RunWriter(recorder, epochs, ledger, early))
     # Ray's newer console output ignores the reporter's columns; tunetl's table names each trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.Tuner(
@@ -256,6 +228,8 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        # Every run write Tune's callbacks queued is done before the caller closes or reads the runs.
+        written = drain_writers()
     incomplete = len(results) - results.num_terminated - results.num_errors
     if received:
         incomplete = max(incomplete, LIVE["unfinished"])
@@ -266,21 +240,23 @@ def fit(tuner: Any, started: float, path: Path | str) -> SearchOutcome:
         seconds=time.perf_counter() - started,
         num_incomplete=incomplete,
         signal=received[0] if received else None,
-        checkpoints=_checkpoints(results),
+        checkpoints=_checkpoints(results, written),
     )
 
 
-def _checkpoints(results: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+def _checkpoints(results: Any, written: WrittenRuns) -> dict[str, tuple[Any, dict[str, Any]]]:
     out = {}
     for result in results:
-        run_id = (result.metrics or {}).get(RUN_ID_KEY)
+        metrics = result.metrics or {}
+        run_id = metrics.get(RUN_ID_KEY) or (written.run_of(str(metrics["trial_id"])) if metrics.get("trial_id")
+                                             else None)
         if run_id:
             out[str(run_id)] = (result.checkpoint, dict(result.config or {}))
     return out
 
 
 def load_checkpoint(checkpoint: Any) -> dict[str, Any]:
-    """A trial's saved state (`TrialRunner.state_dict` plus `run_id`), from any storage Tune wrote it to."""
+    """A trial's saved state (`TrialRunner.state_dict` plus its `trial_id`), from any storage Tune wrote it to."""
     import torch
 
     with checkpoint.as_directory() as d:

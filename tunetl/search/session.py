@@ -26,7 +26,7 @@ from tunetl.search.state import SearchState, read_state, write_state
 from tunetl.search.storage import Storage
 
 if TYPE_CHECKING:
-    from tunetl.search.trainable import TrialRecorder
+    from tunetl.search.run_writer import TrialRecorder
 
 
 class ParentRun(Protocol):

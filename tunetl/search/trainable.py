@@ -1,9 +1,9 @@
 """The Tune function trainable: one `TrialRunner`, one `tune.report` per epoch, a checkpoint every
 `training.checkpoint_interval_s` seconds and after the last epoch.
 
-MLflow is reached only through the `TrialRecorder` object handed in (built by `tunetl.tracking`), so this
-module imports no mlflow. The child run is found again by the Tune trial id after a restart, so a
-retried or resumed trial keeps one MLflow run.
+A trial writes no MLflow record itself: its reports carry what its run needs (the run's params and tags
+in each attempt's first report, the epoch's metrics in every one) and the driver's `RunWriter` writes
+them, so workers never import mlflow or open a store.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import math
 import os
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -25,15 +24,14 @@ from tunetl.data import TaskData
 from tunetl.params import SEARCH_PARAMS, ResolvedParams, TrialParams
 from tunetl.records import (
     DIVERGED_KEY,
-    ERROR_TAG,
+    DONOR_KEY,
+    HISTORY_KEY,
     HOST_TAG,
-    MAX_TAG_CHARS,
     NODE_TAG,
-    PBT_DONOR_TAG,
     PID_TAG,
     RECORD_KEY,
-    RESTORED_EPOCH_TAG,
-    RUN_ID_KEY,
+    RESTORED_KEY,
+    TRACKED_KEY,
     TRIAL_ID_TAG,
 )
 from tunetl.search.faults import maybe_fail
@@ -67,26 +65,6 @@ class TaskBundle:
         return self.others[backbone]
 
 
-class TrialRecorder(Protocol):
-    """What a trial needs from the tracking layer (implemented by `tunetl.tracking.TrialLogger`)."""
-
-    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str | None: ...
-    def find_run(self, trial_id: str) -> str | None: ...
-    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None: ...
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
-    def reopen(self, run_id: str, tags: dict[str, str]) -> int: ...
-    def finish(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        best_val_acc: float | None,
-        stopped_early: bool = False,
-        error: str | None = None,
-        diverged: bool = False,
-    ) -> None: ...
-
-
 def logged_params(
     resolved: ResolvedParams, experiment: ExperimentConfig, task: TaskData, seed: int, source: str
 ) -> dict[str, Any]:
@@ -104,127 +82,70 @@ def logged_params(
     return out
 
 
-def run_trial(
-    config: dict[str, Any],
-    *,
-    space: SearchSpace,
-    bundles: list[TaskBundle],
-    recorder: TrialRecorder | None,
-) -> None:
+def run_trial(config: dict[str, Any], *, space: SearchSpace, bundles: list[TaskBundle]) -> None:
+    """Train one trial, one `tune.report` per epoch. Its MLflow run is written on the driver
+    (`run_writer.RunWriter`) from these reports, so a worker imports no mlflow."""
     from ray import tune
 
     bundle = bundles[int(config.get(TASK, 0))]
-    experiment, source = bundle.experiment, bundle.source
     trial_id = tune.get_context().get_trial_id() or "local"
-    torch.set_num_threads(trial_threads(experiment))
-    seed = trial_seed(config, experiment.seeds)
-    try:
-        params = TrialParams.model_validate(trial_params(space, config))
-        bundle = bundle.for_backbone(params.backbone)
-        experiment, task, source_state = bundle.experiment, bundle.task, bundle.source_state
-        source, features = bundle.source, bundle.features
-        runner = TrialRunner(
-            params,
-            experiment,
-            seed=seed,
-            task=task,
-            source_state=source_state,
-            device=pick_device(experiment.resources.gpu),
-        )
-    except Exception:
-        # Failed before its first report: without this the trial would have no MLflow run at all.
-        if recorder is not None and recorder.find_run(trial_id) is None:
-            _record_early_failure(recorder, space, config, experiment, seed, source, trial_id)
-        raise
-    run_id: str | None = None
-    logged = 0
+    torch.set_num_threads(trial_threads(bundle.experiment))
+    seed = trial_seed(config, bundle.experiment.seeds)
+    # A failure before the first report reaches the driver as the trial's error: it records a FAILED run.
+    params = TrialParams.model_validate(trial_params(space, config))
+    bundle = bundle.for_backbone(params.backbone)
+    experiment, task = bundle.experiment, bundle.task
+    runner = TrialRunner(params, experiment, seed=seed, task=task, source_state=bundle.source_state,
+                         device=pick_device(experiment.resources.gpu))
+    run_params = logged_params(runner.params, experiment, task, seed, bundle.source)
+    run_params.update(_trial_features(runner, bundle.features))
+    label = trial_label(runner)
+    # The first report of each attempt carries the run's params and tags: the driver creates (or reopens)
+    # the run from it, and `tunetl sync` / `export --from-storage` rebuild the run from Ray's results.
+    record: dict[str, Any] = {"params": run_params, "tags": {**_node_tags(trial_id), "mlflow.runName": label}}
     checkpoint = tune.get_checkpoint()
-    donor: str | None = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=runner.device, weights_only=True)
         # PBT's exploit: another trial's checkpoint, continued at this trial's (perturbed) learning rates.
         runner.load_state_dict(state)
-        if state.get("trial_id") in (None, "", trial_id):
-            run_id = state.get("run_id") or None
+        record[RESTORED_KEY] = runner.epoch
+        if state.get("trial_id") not in (None, "", trial_id):
+            record[DONOR_KEY] = str(state["trial_id"])
         else:
-            donor = str(state["trial_id"])
-    if recorder is not None and run_id is None:
-        run_id = recorder.find_run(trial_id)
-    if recorder is not None and run_id is not None and runner.epoch >= experiment.training.epochs:
-        # Restored from its last epoch's checkpoint (the driver died before Tune saved it as done): nothing is
-        # left to train or log, and a run already closed FINISHED stays as it is (`finish` leaves it).
-        logged = runner.epoch
-    elif recorder is not None and run_id is not None:
-        # A retried or resumed trial: its run may have been closed (KILLED) when the driver stopped.
-        tags = {RESTORED_EPOCH_TAG: str(runner.epoch)}
-        if donor is not None:
-            tags[PBT_DONOR_TAG] = f"{donor}@{runner.epoch}"
-        logged = recorder.reopen(run_id, tags)
-        if donor is not None:
-            logged = runner.epoch  # the epochs after the donor's are this trial's from here on
-    run_params = logged_params(runner.params, experiment, task, seed, source)
-    run_params.update(_trial_features(runner, features))
-    label = trial_label(runner)
-    run_tags = {**_node_tags(trial_id), "mlflow.runName": label}
-    if recorder is not None and run_id is None:
-        run_id = recorder.start(run_params, tags=run_tags)
-    # The run's params and tags also go into Ray's results (first report of this attempt), so that
-    # `tunetl sync` / `export --from-storage` can rebuild the run when MLflow missed it.
-    record: str | None = json.dumps({"params": run_params, "tags": run_tags})
+            # The epochs the checkpoint holds, for the driver to fill in any its MLflow run lacks (a driver
+            # killed with records still queued).
+            record[HISTORY_KEY] = [{"epoch": m.epoch, **_epoch_metrics(m, False)} for m in runner.history]
     epochs = experiment.training.epochs
+    if runner.epoch >= epochs:
+        # Restored from its last epoch's checkpoint (the driver died before Tune saved the trial as done):
+        # nothing is left to train; one report hands the driver the record to close the run with.
+        last = runner.history[-1]
+        _report(runner, last, has_diverged(last.train_loss), False, label, json.dumps(record), trial_id, {})
+        return
     # Schedulers that pause trials continue them from their last checkpoint: save one every epoch.
     interval = 0.0 if experiment.scheduler.type in PAUSING else experiment.training.checkpoint_interval_s
     decisions = decision_epochs(experiment)
     last_checkpoint = time.monotonic()
     saved_best = runner.best_epoch
-    diverged = False
-    try:
-        while runner.epoch < epochs:
-            m = runner.run_epoch()
-            diverged = has_diverged(m.train_loss)
-            # An epoch redone after a restart is the same computation (resume is bit for bit): log it once.
-            if recorder is not None and run_id is not None and m.epoch > logged:
-                recorder.log_epoch(run_id, m.epoch, {**_epoch_metrics(m, diverged), **_tracked_extras(runner)})
-            # Every checkpoint carries the best epoch's weights; one is also written where ASHA may stop the
-            # trial after this report, if the best epoch is not saved yet, so the delivered weights exist.
-            unsaved_best = runner.best_epoch > saved_best
-            save = (diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
-                    or (unsaved_best and m.epoch in decisions))
-            _report(runner, m, run_id, diverged, save, label, record, trial_id)
-            record = None
-            if save:
-                last_checkpoint = time.monotonic()
-                saved_best = runner.best_epoch
-            maybe_fail(trial_id, label, m.epoch)
-            if diverged:
-                break
-        # The driver's RunCloser closes this run too (it must: ASHA-stopped trials never get
-        # here). Closing it here as well keeps runs of resumed searches closed, where Tune may not
-        # carry the callback over; finishing twice is idempotent.
-        if recorder is not None and run_id is not None:
-            recorder.finish(run_id, status="FINISHED", best_val_acc=_best(runner), diverged=diverged)
-    except Exception:
-        if recorder is not None and run_id is not None:
-            recorder.set_tags(run_id, {ERROR_TAG: traceback.format_exc()[-MAX_TAG_CHARS:]})
-        raise
-
-
-def _record_early_failure(
-    recorder: TrialRecorder, space: SearchSpace, config: dict[str, Any], experiment: ExperimentConfig,
-    seed: int, source: str, trial_id: str,
-) -> None:
-    """A FAILED MLflow run, with the trial's parameters and traceback, for a trial that never started."""
-    error = traceback.format_exc()[-MAX_TAG_CHARS:]
-    try:
-        raw = {k: v for k, v in trial_params(space, config).items() if k in SEARCH_PARAMS}
-    except Exception:  # noqa: BLE001 - the parameters themselves may be what failed
-        raw = {}
-    params = {**raw, "backbone": experiment.backbone, "seed": seed, "source": source,
-              "epochs": experiment.training.epochs}
-    run_id = recorder.start(params, tags={**_node_tags(trial_id), ERROR_TAG: error})
-    if run_id is not None:
-        recorder.finish(run_id, status="FAILED", best_val_acc=None, error=error)
+    text: str | None = json.dumps(record)
+    while runner.epoch < epochs:
+        m = runner.run_epoch()
+        diverged = has_diverged(m.train_loss)
+        # Every checkpoint carries the best epoch's weights; one is also written where ASHA may stop the
+        # trial after this report, if the best epoch is not saved yet, so the delivered weights exist.
+        unsaved_best = runner.best_epoch > saved_best
+        save = (diverged or m.epoch == epochs or time.monotonic() - last_checkpoint >= interval
+                or (unsaved_best and m.epoch in decisions))
+        tracked = {**_epoch_metrics(m, diverged), **_tracked_extras(runner)}
+        _report(runner, m, diverged, save, label, text, trial_id, tracked)
+        text = None
+        if save:
+            last_checkpoint = time.monotonic()
+            saved_best = runner.best_epoch
+        maybe_fail(trial_id, label, m.epoch)
+        if diverged:
+            break
 
 
 def decision_epochs(experiment: ExperimentConfig) -> frozenset[int]:
@@ -297,10 +218,11 @@ def _tracked_extras(runner: TrialRunner) -> dict[str, float]:
 
 
 def _report(
-    runner: TrialRunner, m: EpochMetrics, run_id: str | None, diverged: bool, save: bool, label: str,
-    record: str | None = None, trial_id: str = "",
+    runner: TrialRunner, m: EpochMetrics, diverged: bool, save: bool, label: str, record: str | None,
+    trial_id: str, tracked: dict[str, float],
 ) -> None:
-    """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot)."""
+    """One `tune.report` per epoch; with a checkpoint only when `save` (they cost a state snapshot).
+    `tracked`: the epoch's MLflow metrics, which the driver logs (empty: log nothing)."""
     from ray import tune
 
     metrics: dict[str, Any] = {
@@ -310,18 +232,19 @@ def _report(
         "best_epoch": runner.best_epoch,
         "epoch_seconds": m.seconds,
         DIVERGED_KEY: diverged,
-        RUN_ID_KEY: run_id or "",
         "trial": label,
         # Only a multi-objective searcher reads these (they are summed over the history every epoch).
         **(objective_metrics(runner) if runner.experiment.searcher.objectives else {}),
     }
+    if tracked:
+        metrics[TRACKED_KEY] = tracked
     if record is not None:
         metrics[RECORD_KEY] = record
     if not save:
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({**runner.state_dict(), "run_id": run_id or "", "trial_id": trial_id}, Path(d) / CHECKPOINT_FILE)
+        torch.save({**runner.state_dict(), "trial_id": trial_id}, Path(d) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 

@@ -278,7 +278,18 @@ class TrialLogger:
             if stale in known:
                 client.delete_tag(run_id, stale)
         client.update_run(run_id, status="RUNNING")
-        return max((m.step for m in client.get_metric_history(run_id, "val_acc")), default=0)
+        return self._last_epoch(run_id)
+
+    def _last_epoch(self, run_id: str) -> int:
+        return max((m.step for m in self._client().get_metric_history(run_id, "val_acc")), default=0)
+
+    def last_epoch(self, run_id: str) -> int:
+        """The last epoch the run has metrics for; 0 when the store cannot say (said on stderr)."""
+        try:
+            return int(self._call(lambda: self._last_epoch(run_id), "a read of a trial's epochs", self.wait_s))
+        except (StoreUnavailable, StoreRefused) as err:
+            warn(f"{err}; could not read the epochs of run {run_id}")
+            return 0
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Tags on the run; kept and re-sent if the store is down (never raises)."""
