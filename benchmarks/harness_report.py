@@ -79,7 +79,7 @@ def plain_note(setup: dict[str, Any]) -> str:
         f"pass over {setup['val_images']} validation images, smallcnn on digits 5-9, torch threads "
         f"{setup['torch_threads']}. TrialRunner and the plain loop alternate epoch by epoch (ABBA) in this process. "
         "The Tune trial (resources.cpu=1) runs one search per repeat; 'time between reports' is Tune's "
-        "time_this_iter_s (the epoch plus MLflow logging and tune.report), compared with plain-loop epochs timed "
+        "time_this_iter_s (the epoch plus tune.report; MLflow is written on the driver), compared with plain-loop epochs timed "
         "just before and after that search ('vs plain' of the Tune rows). Epoch 1 (trial start-up) is left out. "
         "The composed estimate = (TrialRunner vs plain) x (time between reports / epoch_seconds inside the trial): "
         "both factors are measured side by side, so it is less exposed to load from other processes than the "
@@ -92,15 +92,15 @@ def plain_targets(m: dict[str, Any]) -> list[dict[str, Any]]:
     tune = m["tune_trial"]
     ratio, plain_med = m["ratio_trialrunner_vs_plain"]["median"], m["plain_epoch_s"]["median"]
     composed, raw_ratio = tune["ratio_composed"], tune["ratio_iter_vs_plain_bracket"]
-    per_epoch_log_ms = 1e3 * (tune["time_this_iter_s"]["median"] - tune["epoch_seconds"]["median"])
+    report_share = composed / ratio
     return [
         target("plain.trialrunner", "TrialRunner epoch <= 1.05 x plain loop", ratio, ratio <= 1.05,
                f"{ratio:.3f} x", f"TrialRunner's epoch is {100 * (ratio - 1):.0f}% slower than the plain loop "
                f"on {plain_med * 1e3:.0f} ms epochs"),
-        target("plain.tune_trial", "Tune trial epoch (incl. report + MLflow log) <= 1.05 x plain loop (composed)",
+        target("plain.tune_trial", "Tune trial epoch (incl. its records) <= 1.05 x plain loop (composed)",
                composed, composed <= 1.05, f"{composed:.3f} x (bracketed: {raw_ratio:.2f} x)",
-               f"each epoch also pays ~{per_epoch_log_ms:.0f} ms for MLflow logging (SQLite) and tune.report, "
-               f"large next to a {plain_med * 1e3:.0f} ms digits epoch"),
+               f"TrialRunner's own epoch is {100 * (ratio - 1):.1f}% slower than the plain loop; the report "
+               f"(records are written on the driver) adds {100 * (report_share - 1):.1f}%"),
     ]
 
 
@@ -138,8 +138,8 @@ def overhead_targets(sizes: dict[str, Any]) -> list[dict[str, Any]]:
         target("overhead.quickstart", "quickstart search wall time < 1.25 x its training time", qs, qs < 0.25,
                f"+{100 * qs:.0f}%",
                f"digits trials train for only ~{train_per_trial:.1f} s each, while each trial costs "
-               f"~{per_trial:.1f} s beyond training (Tune scheduling, trial start, MLflow run and params, "
-               "per-epoch logging, checkpoint)"),
+               f"~{per_trial:.1f} s beyond training (Tune scheduling, trial start, checkpoints, the driver's "
+               "MLflow writes on the CPU the trial trains on)"),
         target("overhead.falling", "overhead falls as trials grow (the same 5 trials, more epochs each)",
                None, falling,
                " -> ".join(f"{100 * o:.0f}%" for o in overheads),
@@ -403,8 +403,12 @@ def plot_anytime(raw: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 # vs_tune
 
 
-VS_TUNE_WHY = ("tunetl's trials log to MLflow from the workers (an MLflow client per worker, a synchronous write "
-               "per epoch), and a tunetl search also checkpoints, tests and logs the winner's model")
+def vs_tune_why(med: dict[str, Any]) -> str:
+    """What tunetl's search pays beyond the plain script's, in the measured numbers."""
+    slower = med["tunetl"]["train"]["median"] / med["plain"]["train"]["median"] - 1
+    return (f"the same epochs take {100 * slower:.0f}% longer inside tunetl's trials: the driver writes every "
+            "trial's MLflow run (SQLite) on the same CPUs the trials train on; and a tunetl search also "
+            "checkpoints, tests and logs the winner's model")
 
 
 def describe_vs_tune(measured: dict[str, Any]) -> dict[str, Any]:
@@ -422,9 +426,9 @@ def describe_vs_tune(measured: dict[str, Any]) -> dict[str, Any]:
     extra = med["tunetl"]["per_trial"]["median"] - plain["per_trial"]["median"]
     targets = [
         target("vs_tune.wall", "quickstart wall time <= 1.15 x a plain Ray Tune script without MLflow", ratio,
-               ratio <= 1.15, f"{ratio:.2f}x", VS_TUNE_WHY),
+               ratio <= 1.15, f"{ratio:.2f}x", vs_tune_why(med)),
         target("vs_tune.per_trial", "cost per trial beyond training <= plain script's + 0.15 s", extra,
-               extra <= 0.15, f"+{extra:.2f} s", VS_TUNE_WHY),
+               extra <= 0.15, f"+{extra:.2f} s", vs_tune_why(med)),
     ]
     note = (f"The quickstart's 30 trials (15 epochs, 1 CPU each, {measured[FACTS]['cpus']} at a time, actors "
             "reused) four ways, interleaved, Ray started and the source model cached before; the same "
