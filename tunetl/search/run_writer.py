@@ -18,6 +18,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ class TrialRecorder(Protocol):
 
     def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str | None: ...
     def find_run(self, trial_id: str) -> str | None: ...
-    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float], send: bool = True) -> None: ...
+    def flush(self, wait_s: float = 0.0) -> bool: ...
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
     def reopen(self, run_id: str, tags: dict[str, str]) -> int: ...
     def last_epoch(self, run_id: str) -> int: ...
@@ -88,7 +90,10 @@ class EarlyFailure:
 
 #: The writers of this process's searches (a search's callback may be one Tune unpickled on resume).
 _WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
-_RUNTIME = ("_jobs", "_thread", "_lock")
+_RUNTIME = ("_jobs", "_thread", "_lock", "_held_since")
+#: Epochs are held at most this long and then sent, each run's in one write: with many trials, one
+#: store round trip per run and second instead of one per epoch.
+HOLD_S = 1.0
 
 
 @dataclass
@@ -115,6 +120,8 @@ class RunWriter(tune.Callback):
         self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: When the oldest epoch not yet sent was logged (None: nothing held).
+        self._held_since: float | None = None
         _WRITERS.add(self)  # also one that writes nothing: a resumed search whose trials all ended
 
     def __getstate__(self) -> dict[str, Any]:
@@ -177,18 +184,30 @@ class RunWriter(tune.Callback):
 
     def _work(self) -> None:
         while True:
-            fn, args = self._jobs.get()
+            held = self._held_since
+            try:
+                fn, args = self._jobs.get(timeout=None if held is None else max(0.0, held + HOLD_S - time.monotonic()))
+            except queue.Empty:
+                self._send_held()
+                continue
             try:
                 fn(*args)
+                if self._held_since is not None and time.monotonic() - self._held_since >= HOLD_S:
+                    self._send_held()
             except Exception as err:  # noqa: BLE001 - one bad write must not stop the others
                 print(f"[tunetl] warning: a trial's MLflow record was not written ({type(err).__name__}: {err}); "
                       "`tunetl sync --storage DIR` writes it from Ray's results", file=sys.stderr, flush=True)
             finally:
                 self._jobs.task_done()
 
+    def _send_held(self) -> None:
+        self._held_since = None
+        self.recorder.flush()
+
     def drain(self) -> None:
-        """Wait until every write queued so far is done (each is bounded by the store's wait)."""
+        """Wait until every write queued so far is done and sent (each is bounded by the store's wait)."""
         if self._thread is not None:
+            self._jobs.put((self._send_held, ()))
             self._jobs.join()
 
     def known_run(self, trial_id: str) -> str | None:
@@ -242,8 +261,10 @@ class RunWriter(tune.Callback):
         t = self._trial(trial_id)
         if t.run_id is None or epoch <= t.logged:
             return
-        self.recorder.log_epoch(t.run_id, epoch, metrics)
+        self.recorder.log_epoch(t.run_id, epoch, metrics, send=False)
         t.logged = epoch
+        if self._held_since is None:
+            self._held_since = time.monotonic()
 
     def _finish(
         self, trial_id: str, old_run: str | None, status: str, best: float | None, stopped: bool,

@@ -296,12 +296,13 @@ class TrialLogger:
         self._pending(run_id).tags.update({str(k): str(v) for k, v in tags.items()})
         self.flush()
 
-    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float], send: bool = True) -> None:
         """One epoch's metrics (val_acc, val_loss, train_acc, train_loss) at step=epoch, and `epochs_run`
         = epoch, so a query reads how far a trial got from the run itself, not from a metric history.
 
         Never waits on a store that is down and never raises: the metrics are kept, with their
-        original timestamps, and go with the next call that reaches the store.
+        original timestamps, and go with the next call that reaches the store. `send=False` only keeps
+        them, for the caller's next `flush` (several epochs of a run then go in one `log_batch`).
         """
         from mlflow.entities import Metric
 
@@ -309,7 +310,8 @@ class TrialLogger:
         items = [Metric(str(k), float(v), now, int(epoch)) for k, v in metrics.items() if v is not None]
         items.append(Metric(EPOCHS_RUN, float(epoch), now, int(epoch)))
         self._pending(run_id).metrics.extend(items)
-        self.flush()
+        if send:
+            self.flush()
 
     def finish(
         self,
