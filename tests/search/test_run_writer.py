@@ -48,13 +48,17 @@ def test_a_resumed_writer_fills_in_the_epochs_a_killed_driver_never_wrote(sqlite
     first.on_trial_result(0, [], trial, _result(1, _record()))
     first.on_trial_result(0, [], trial, _result(2))
     first.drain()
-    saved = pickle.dumps(first)  # Tune's state, snapshot after epoch 4's checkpoint; epochs 3-4 never written
+    # Tune's state, saved after epoch 4's checkpoint (the callback pickled, its map through get_state);
+    # epochs 3-4 were never written.
+    saved = pickle.dumps(first)
     state = first.get_state()
     run_id = first.run_of("t1")
     assert run_id and state == {"runs": {"t1": run_id}}
 
     second = pickle.loads(saved)  # a new driver resumes the search: the attempt restarts from epoch 4
+    assert second.known_run("t1") is None
     second.set_state(state)
+    assert second.known_run("t1") == run_id
     for epoch in range(5, EPOCHS + 1):
         second.on_trial_result(0, [], trial, _result(epoch, _record(restored=4) if epoch == 5 else None))
     trial.last_result = _result(EPOCHS)

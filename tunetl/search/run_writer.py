@@ -125,9 +125,8 @@ class RunWriter(tune.Callback):
         _WRITERS.add(self)  # also one that writes nothing: a resumed search whose trials all ended
 
     def __getstate__(self) -> dict[str, Any]:
-        with self._lock:
-            known = {k: _Trial(t.run_id) for k, t in self._trials.items()}  # MLflow says what is logged
-        return {**{k: v for k, v in self.__dict__.items() if k not in _RUNTIME}, "_trials": known}
+        # The trial -> run map travels through `get_state`, Tune's channel for a callback's state.
+        return {k: v for k, v in self.__dict__.items() if k not in (*_RUNTIME, "_trials")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A `RunCloser` pickled by an earlier tunetl holds only `recorder` and `epochs`.
@@ -158,8 +157,7 @@ class RunWriter(tune.Callback):
         res = trial.last_result or {}
         diverged = bool(res.get(DIVERGED_KEY, False))
         stopped = int(res.get("epoch", 0)) < self.epochs and not diverged
-        self._submit(self._finish, trial.trial_id, res.get(RUN_ID_KEY), "FINISHED", res.get("best_val_acc"),
-                     stopped, None, diverged)
+        self._submit(self._finish, trial.trial_id, res.get(RUN_ID_KEY), res.get("best_val_acc"), stopped, diverged)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Kept as `tunetl.error` until the retry reopens the run, which moves it to `tunetl.retried_error`.
@@ -266,13 +264,10 @@ class RunWriter(tune.Callback):
         if self._held_since is None:
             self._held_since = time.monotonic()
 
-    def _finish(
-        self, trial_id: str, old_run: str | None, status: str, best: float | None, stopped: bool,
-        error: str | None, diverged: bool,
-    ) -> None:
+    def _finish(self, trial_id: str, old_run: str | None, best: float | None, stopped: bool, diverged: bool) -> None:
         run_id = old_run or self.run_of(trial_id)
         if run_id:
-            self.recorder.finish(run_id, status=status, best_val_acc=best, stopped_early=stopped, error=error,
+            self.recorder.finish(run_id, status="FINISHED", best_val_acc=best, stopped_early=stopped,
                                  diverged=diverged)
 
     def _tag_error(self, trial_id: str, error: str) -> None:
