@@ -5,6 +5,7 @@ checkpoints reach the shared storage path."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,16 @@ def two_nodes():  # type: ignore[no-untyped-def]
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
+    from tunetl.search.faults import ENV
+
+    # Trials without MLflow work in the worker take well under a second: slowed to 0.5 s per epoch (the
+    # nodes' workers inherit `TUNETL_FAULT`), the first node cannot run them all before the second node's
+    # worker is up, whatever the machine's speed.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(ENV, json.dumps([{"sleep_s": 0.5}]))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     yield cluster.address
     ray.shutdown()
